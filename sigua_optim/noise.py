@@ -1,0 +1,211 @@
+"""Label noise: transition matrices, corruption, and estimators of the noise.
+
+A transition matrix ``T`` is a ``k x k`` row-stochastic matrix with
+``T[i, j] = p(noisy = j | clean = i)``.
+
+* :func:`symmetric` -- ``T[i, i] = 1 - eps`` and ``T[i, j] = eps / (k - 1)`` for ``j != i``.
+* :func:`pair` -- ``T[i, i] = 1 - eps`` and ``T[i, (i + 1) mod k] = eps`` (pair flip).
+* :func:`corrupt` -- draws ``noisy_i ~ T[labels_i, :]`` by inverse CDF, one uniform per sample,
+  so the result is reproducible from a :class:`torch.Generator`.
+* :func:`estimate_transition_matrix` -- the anchor-point estimator of Patrini et al. (CVPR 2017):
+  row ``i`` of ``T`` is the predicted ``p(noisy | x)`` of the sample ``x`` that most confidently
+  belongs to class ``i``.
+* :func:`estimate_noise_rate` -- ``eps = 1 - sum_i prior_i * T[i, i]``.
+
+The estimators let a user who does not know the noise still run SIGUA: train a model on the noisy
+labels, estimate ``T`` from its softmax outputs, then pass ``estimate_noise_rate(T)`` to
+``SmallLoss`` / ``BandSelected`` or ``T`` to ``NonNegativeCorrection``.
+
+>>> import torch
+>>> T = symmetric(10, 0.5)
+>>> noisy, clean = corrupt(torch.arange(10).repeat(100), T, torch.Generator().manual_seed(0))
+>>> round(1 - clean.double().mean().item(), 1)
+0.5
+>>> round(estimate_noise_rate(T), 6)
+0.5
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "check_transition_matrix",
+    "corrupt",
+    "estimate_noise_rate",
+    "estimate_transition_matrix",
+    "pair",
+    "symmetric",
+]
+
+_ROW_SUM_TOL = 1e-6
+
+
+def _check_k_eps(k: int, eps: float) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+        raise ValueError(f"k must be an integer number of classes >= 2; got k={k!r}")
+    if not 0.0 <= float(eps) < 1.0:
+        raise ValueError(
+            f"eps must be a flip probability in [0, 1); got eps={eps!r} "
+            "(pass a fraction, e.g. eps=0.5 for 50% noise)"
+        )
+
+
+def symmetric(k: int, eps: float) -> torch.Tensor:
+    """Symmetric noise: ``T[i, i] = 1 - eps``, ``T[i, j] = eps / (k - 1)`` for ``j != i``.
+
+    Returns a float64 ``k x k`` row-stochastic tensor.
+
+    >>> symmetric(3, 0.5)
+    tensor([[0.5000, 0.2500, 0.2500],
+            [0.2500, 0.5000, 0.2500],
+            [0.2500, 0.2500, 0.5000]], dtype=torch.float64)
+    """
+    _check_k_eps(k, eps)
+    off = float(eps) / (k - 1)
+    T = torch.full((k, k), off, dtype=torch.float64)
+    T.fill_diagonal_(1.0 - float(eps))
+    return T
+
+
+def pair(k: int, eps: float) -> torch.Tensor:
+    """Pair-flip noise: ``T[i, i] = 1 - eps``, ``T[i, (i + 1) mod k] = eps``, zero elsewhere.
+
+    Returns a float64 ``k x k`` row-stochastic tensor.
+
+    >>> pair(3, 0.45)
+    tensor([[0.5500, 0.4500, 0.0000],
+            [0.0000, 0.5500, 0.4500],
+            [0.4500, 0.0000, 0.5500]], dtype=torch.float64)
+    """
+    _check_k_eps(k, eps)
+    eye = torch.eye(k, dtype=torch.float64)
+    return (1.0 - float(eps)) * eye + float(eps) * eye.roll(1, dims=1)
+
+
+def check_transition_matrix(T: torch.Tensor, name: str = "T") -> torch.Tensor:
+    """Validate a transition matrix and return it as a float64 tensor.
+
+    Raises :class:`ValueError` naming ``name`` unless ``T`` is a square ``k x k`` matrix
+    (``k >= 2``) of finite, non-negative entries whose rows each sum to 1.
+
+    >>> check_transition_matrix(torch.tensor([[0.9, 0.1], [0.2, 0.8]])).dtype
+    torch.float64
+    """
+    if not isinstance(T, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor; got {type(T).__name__}")
+    if T.dim() != 2 or T.shape[0] != T.shape[1] or T.shape[0] < 2:
+        raise ValueError(
+            f"{name} must be a square k x k matrix with k >= 2; got shape {tuple(T.shape)}"
+        )
+    T64 = T.detach().to(torch.float64)
+    if not bool(torch.isfinite(T64).all()) or bool((T64 < 0).any()):
+        raise ValueError(f"{name} must have finite, non-negative entries (probabilities)")
+    worst = float((T64.sum(dim=1) - 1.0).abs().max())
+    if worst > _ROW_SUM_TOL:
+        raise ValueError(
+            f"every row of {name} must sum to 1 (T[i, j] = p(noisy=j | clean=i)); "
+            f"the worst row is off by {worst:.3g}; "
+            f"normalise with {name} / {name}.sum(1, keepdim=True)"
+        )
+    return T64
+
+
+def corrupt(
+    labels: torch.Tensor, T: torch.Tensor, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw noisy labels ``noisy_i ~ T[labels_i, :]``; return ``(noisy_labels, clean_mask)``.
+
+    One uniform ``u_i`` per sample, then ``noisy_i = #{j : cdf[labels_i, j] <= u_i}`` with
+    ``cdf = T.cumsum(1)`` (inverse CDF), so the same generator seed gives the same labels.
+    ``clean_mask[i]`` is ``noisy_i == labels_i``. Both outputs live on ``labels.device``.
+
+    >>> noisy, clean = corrupt(torch.tensor([0, 1, 2]), pair(3, 0.0))
+    >>> noisy.tolist(), clean.tolist()
+    ([0, 1, 2], [True, True, True])
+    """
+    T64 = check_transition_matrix(T)
+    k = T64.shape[0]
+    if not isinstance(labels, torch.Tensor):
+        raise ValueError(f"labels must be a torch.Tensor; got {type(labels).__name__}")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise ValueError(
+            f"labels must be an integer tensor of class indices; got dtype {labels.dtype} "
+            "(pass labels.long())"
+        )
+    if labels.dim() != 1 or labels.numel() == 0:
+        raise ValueError(f"labels must be a non-empty 1-D tensor; got shape {tuple(labels.shape)}")
+    if bool((labels < 0).any()) or bool((labels >= k).any()):
+        raise ValueError(
+            f"labels must lie in [0, {k - 1}] (T is {k} x {k}); "
+            f"got values from {int(labels.min())} to {int(labels.max())}"
+        )
+    device = generator.device if generator is not None else torch.device("cpu")
+    u = torch.rand(labels.numel(), generator=generator, dtype=torch.float64, device=device)
+    cdf = T64.cumsum(dim=1).to(labels.device)[labels.long()]
+    noisy = (cdf <= u.to(labels.device).unsqueeze(1)).sum(dim=1).clamp_max(k - 1)
+    noisy = noisy.to(labels.dtype)
+    return noisy, noisy == labels
+
+
+def estimate_transition_matrix(probs: torch.Tensor, percentile: float = 97.0) -> torch.Tensor:
+    """Anchor-point estimate of ``T`` from predicted noisy-label probabilities (Patrini et al.).
+
+    ``probs`` is ``[n, k]``: each row is a model's softmax ``p(noisy | x_n)``, the model trained
+    on the noisy labels. For each class ``i`` the anchor is the sample whose ``probs[:, i]`` is
+    the largest value not above its ``percentile``-th percentile (``percentile=100``: the plain
+    argmax; 97, the default, ignores the top 3% as outliers). Row ``i`` of the estimate is the
+    anchor's predicted row, ``T_hat[i, :] = probs[anchor_i, :]``; each row is renormalised to
+    sum to 1. Returns a float64 ``k x k`` tensor.
+
+    >>> probs = torch.tensor([[0.9, 0.1], [0.3, 0.7], [0.5, 0.5]])
+    >>> estimate_transition_matrix(probs, percentile=100.0)
+    tensor([[0.9000, 0.1000],
+            [0.3000, 0.7000]], dtype=torch.float64)
+    """
+    if not isinstance(probs, torch.Tensor) or probs.dim() != 2 or probs.shape[1] < 2:
+        shape = tuple(probs.shape) if isinstance(probs, torch.Tensor) else type(probs).__name__
+        raise ValueError(
+            f"probs must be an [n, k] tensor of probabilities with k >= 2; got {shape}"
+        )
+    if probs.shape[0] == 0:
+        raise ValueError("probs must have at least one row (one sample)")
+    if not 0.0 < float(percentile) <= 100.0:
+        raise ValueError(
+            f"percentile must be in (0, 100], e.g. 97.0; got percentile={percentile!r}"
+        )
+    P = probs.detach().to(torch.float64)
+    if not bool(torch.isfinite(P).all()) or bool((P < 0).any()):
+        raise ValueError("probs must be finite and non-negative (pass softmax outputs, not logits)")
+    if float((P.sum(dim=1) - 1.0).abs().max()) > 1e-4:
+        raise ValueError("every row of probs must sum to 1 (pass logits.softmax(dim=1))")
+    threshold = torch.quantile(P, float(percentile) / 100.0, dim=0, interpolation="lower")
+    masked = torch.where(threshold >= P, P, torch.full_like(P, -1.0))
+    anchors = masked.argmax(dim=0)
+    T_hat = P[anchors]
+    return T_hat / T_hat.sum(dim=1, keepdim=True)
+
+
+def estimate_noise_rate(T: torch.Tensor, prior: torch.Tensor | None = None) -> float:
+    """Overall flip rate ``eps = 1 - sum_i prior_i * T[i, i]`` (``prior`` uniform by default).
+
+    ``prior`` is the clean class distribution ``p(clean = i)``; it must be non-negative and
+    sum to 1.
+
+    >>> round(estimate_noise_rate(pair(4, 0.45)), 6)
+    0.45
+    >>> estimate_noise_rate(torch.tensor([[1.0, 0.0], [0.5, 0.5]]), torch.tensor([0.5, 0.5]))
+    0.25
+    """
+    T64 = check_transition_matrix(T)
+    k = T64.shape[0]
+    if prior is None:
+        w = torch.full((k,), 1.0 / k, dtype=torch.float64)
+    else:
+        w = prior.detach().to(torch.float64).cpu()
+        if w.shape != (k,) or bool((w < 0).any()) or abs(float(w.sum()) - 1.0) > _ROW_SUM_TOL:
+            raise ValueError(
+                f"prior must be a length-{k} non-negative vector summing to 1 "
+                "(e.g. torch.bincount(labels) / len(labels)); omit it for a uniform prior"
+            )
+    return float(1.0 - (w * T64.diagonal().cpu()).sum())
