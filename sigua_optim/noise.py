@@ -95,9 +95,7 @@ def check_transition_matrix(T: torch.Tensor, name: str = "T") -> torch.Tensor:
     if not isinstance(T, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor; got {type(T).__name__}")
     if T.dim() != 2 or T.shape[0] != T.shape[1] or T.shape[0] < 2:
-        raise ValueError(
-            f"{name} must be a square k x k matrix with k >= 2; got shape {tuple(T.shape)}"
-        )
+        raise ValueError(f"{name} must be a square k x k matrix with k >= 2; got shape {tuple(T.shape)}")
     T64 = T.detach().to(torch.float64)
     if not bool(torch.isfinite(T64).all()) or bool((T64 < 0).any()):
         raise ValueError(f"{name} must have finite, non-negative entries (probabilities)")
@@ -165,15 +163,11 @@ def estimate_transition_matrix(probs: torch.Tensor, percentile: float = 97.0) ->
     """
     if not isinstance(probs, torch.Tensor) or probs.dim() != 2 or probs.shape[1] < 2:
         shape = tuple(probs.shape) if isinstance(probs, torch.Tensor) else type(probs).__name__
-        raise ValueError(
-            f"probs must be an [n, k] tensor of probabilities with k >= 2; got {shape}"
-        )
+        raise ValueError(f"probs must be an [n, k] tensor of probabilities with k >= 2; got {shape}")
     if probs.shape[0] == 0:
         raise ValueError("probs must have at least one row (one sample)")
     if not 0.0 < float(percentile) <= 100.0:
-        raise ValueError(
-            f"percentile must be in (0, 100], e.g. 97.0; got percentile={percentile!r}"
-        )
+        raise ValueError(f"percentile must be in (0, 100], e.g. 97.0; got percentile={percentile!r}")
     P = probs.detach().to(torch.float64)
     if not bool(torch.isfinite(P).all()) or bool((P < 0).any()):
         raise ValueError("probs must be finite and non-negative (pass softmax outputs, not logits)")

@@ -1,0 +1,72 @@
+"""Networks used in the paper's experiments; every model takes flattened inputs ``[n, features]``.
+
+* ``deep_mlp``: Figure 1's 784-[Lin(500)-BN-ReLU]x5-Lin(10) (1,405k parameters at 784 inputs).
+* ``wide_mlp``: Figure 1's 784-[Lin(10k)-BN-ReLU]-[Lin(100)-BN-ReLU]-Lin(10).
+* ``cnn9``: the 9-layer CNN of the authors' code (NOTES.md item 6); dropout is a normal
+  ``nn.Dropout``, so it is off in ``eval()`` mode. Needs square images of side >= 28.
+* ``small_mlp``: in-[Lin(256)-ReLU]x2-Lin(k), for the digits default and quick MNIST runs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from torch import nn
+
+
+def _lin_bn_relu(n_in: int, n_out: int) -> list[nn.Module]:
+    return [nn.Linear(n_in, n_out), nn.BatchNorm1d(n_out), nn.ReLU()]
+
+
+def deep_mlp(in_features: int = 784, num_classes: int = 10) -> nn.Sequential:
+    layers: list[nn.Module] = _lin_bn_relu(in_features, 500)
+    for _ in range(4):
+        layers += _lin_bn_relu(500, 500)
+    return nn.Sequential(*layers, nn.Linear(500, num_classes))
+
+
+def wide_mlp(in_features: int = 784, num_classes: int = 10) -> nn.Sequential:
+    return nn.Sequential(
+        *_lin_bn_relu(in_features, 10_000),
+        *_lin_bn_relu(10_000, 100),
+        nn.Linear(100, num_classes),
+    )
+
+
+def small_mlp(in_features: int = 64, num_classes: int = 10) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(in_features, 256),
+        nn.ReLU(),
+        nn.Linear(256, 256),
+        nn.ReLU(),
+        nn.Linear(256, num_classes),
+    )
+
+
+def _conv(n_in: int, n_out: int, padding: int = 1) -> list[nn.Module]:
+    return [nn.Conv2d(n_in, n_out, 3, padding=padding), nn.BatchNorm2d(n_out), nn.LeakyReLU(0.01)]
+
+
+def cnn9(in_features: int = 784, num_classes: int = 10, channels: int = 1) -> nn.Sequential:
+    side = math.isqrt(in_features // channels)
+    if side * side * channels != in_features or side < 28:
+        raise ValueError(f"cnn9 needs square images of side >= 28; got {in_features} features")
+    return nn.Sequential(
+        nn.Unflatten(1, (channels, side, side)),
+        *_conv(channels, 128), *_conv(128, 128), *_conv(128, 128),
+        nn.MaxPool2d(2), nn.Dropout(0.25),
+        *_conv(128, 256), *_conv(256, 256), *_conv(256, 256),
+        nn.MaxPool2d(2), nn.Dropout(0.25),
+        *_conv(256, 512, padding=0), *_conv(512, 256, padding=0), *_conv(256, 128, padding=0),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(128, num_classes),
+    )  # fmt: skip
+
+
+MODELS: dict[str, Callable[[int, int], nn.Module]] = {
+    "small-mlp": small_mlp,
+    "deep-mlp": deep_mlp,
+    "wide-mlp": wide_mlp,
+    "cnn9": cnn9,
+}

@@ -1,0 +1,21 @@
+"""Conditions: which samples of a mini-batch are good (descend) and which are bad (ascend).
+
+A condition is any callable ``(losses, **inputs) -> Selection(good, bad)``; the built-ins cover
+the paper's methods (API.md, section 2).
+"""
+
+from .all_good import AllGood
+from .base import Condition, Selection
+from .correction import NonNegativeCorrection
+from .known_clean import KnownClean
+from .small_loss import BandSelected, SmallLoss
+
+__all__ = [
+    "AllGood",
+    "BandSelected",
+    "Condition",
+    "KnownClean",
+    "NonNegativeCorrection",
+    "Selection",
+    "SmallLoss",
+]

@@ -1,0 +1,31 @@
+"""Standard training as a condition: every sample is good."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .base import Selection, check_batch
+
+
+class AllGood:
+    r"""Standard training: :math:`C_{good} \equiv 1`, :math:`C_{bad} \equiv 0`.
+
+    With it Eq. 3 is the plain mean of the losses.
+
+    Example:
+        >>> import torch
+        >>> AllGood()(torch.tensor([0.3, 2.0])).good
+        tensor([True, True])
+    """
+
+    def __call__(self, losses: Tensor, **inputs: Any) -> Selection:
+        check_batch(losses)
+        return Selection(
+            torch.ones_like(losses, dtype=torch.bool), torch.zeros_like(losses, dtype=torch.bool)
+        )
+
+    def __repr__(self) -> str:
+        return "AllGood()"

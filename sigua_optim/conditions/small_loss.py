@@ -1,0 +1,142 @@
+r"""Small-loss selection: Self-Teach (Eqs. 4-5) and SIGUA_SL's band-selected bad data (Eq. 6).
+
+The kept rate follows the schedule of Eq. 4, :math:`\rho(t) = 1 - \epsilon \min(t / T_k, 1)`, with
+t the epoch given to :meth:`SIGUAOptimizer.set_epoch <sigua_optim.SIGUAOptimizer.set_epoch>`.
+
+``semantics="paper"`` is Eqs. 4-6 to the letter: a sample is good when at most :math:`n\rho(t)`
+losses are strictly smaller (ties kept together, about :math:`\lfloor n\rho \rfloor + 1` kept), and
+bad when it is not good and at most :math:`n\rho(t) + n\delta` are strictly smaller.
+
+``semantics="official"`` is the authors' released code: the schedule reaches :math:`\epsilon` at
+epoch :math:`T_k - 1`; exactly :math:`\lfloor n\rho \rfloor` samples are kept, ties broken by index;
+the bad set is the next :math:`\max(\lfloor (n - n_{good}) r \rfloor, 1)` losses, where ``band``
+is read as the code's rate r (a fraction of the samples not kept, 0.3-0.7 in its scripts).
+"""
+
+from __future__ import annotations
+
+from typing import Any, get_args
+
+import torch
+from torch import Tensor
+
+from .. import functional
+from ..functional import Semantics
+from .base import Scheduled, Selection, check_batch, check_epoch
+
+
+def _check_rate(noise_rate: float) -> float:
+    if isinstance(noise_rate, bool) or not isinstance(noise_rate, (int, float)):
+        raise TypeError(f"noise_rate must be a float in [0, 1), got {noise_rate!r}")
+    if not 0.0 <= noise_rate < 1.0:
+        raise ValueError(
+            f"noise_rate must be in [0, 1) (the fraction of flipped labels, eps), got {noise_rate}; "
+            "if you do not know it, estimate it with sigua_optim.noise"
+        )
+    return float(noise_rate)
+
+
+def _check_semantics(semantics: str) -> Semantics:
+    if semantics not in get_args(Semantics):
+        raise ValueError(f"semantics must be 'paper' or 'official', got {semantics!r}")
+    return semantics  # type: ignore[return-value]
+
+
+class SmallLoss(Scheduled):
+    r"""Self-Teach (Eqs. 4-5): the small-loss samples are good; none are bad.
+
+    :math:`C_{good}(i) = \mathbb{I}(\#\{j : \ell_i > \ell_j\} \le n_b\, \rho(t))`.
+
+    Args:
+        noise_rate: :math:`\epsilon` in [0, 1), the label-noise rate.
+        warmup_epochs: :math:`T_k` (default: 10), the epochs over which :math:`\rho` falls from
+            1 to :math:`1 - \epsilon`.
+        semantics: ``"paper"`` (default) or ``"official"`` (the authors' code; module docstring).
+
+    Example:
+        >>> import torch
+        >>> cond = SmallLoss(noise_rate=0.5, warmup_epochs=0)
+        >>> cond(torch.tensor([0.1, 0.9, 0.4, 2.0])).good
+        tensor([ True, False,  True, False])
+    """
+
+    def __init__(
+        self, noise_rate: float, warmup_epochs: float = 10, *, semantics: Semantics = "paper"
+    ) -> None:
+        self.noise_rate = _check_rate(noise_rate)
+        self.warmup_epochs = check_epoch(warmup_epochs, "warmup_epochs")
+        self.semantics = _check_semantics(semantics)
+
+    @property
+    def rate(self) -> float:
+        r""":math:`\rho(t)`, the rate kept as good at the current epoch."""
+        return functional.keep_rate(self.noise_rate, self.epoch, self.warmup_epochs, self.semantics)
+
+    def __call__(self, losses: Tensor, **inputs: Any) -> Selection:
+        check_batch(losses)
+        if self.semantics == "paper":
+            good = functional.small_loss_mask(losses, self.rate)
+        else:
+            good = functional.official_small_loss_mask(losses, self.rate)
+        return Selection(good, torch.zeros_like(good))
+
+    def __repr__(self) -> str:
+        return (
+            f"SmallLoss(noise_rate={self.noise_rate}, warmup_epochs={self.warmup_epochs:g}, "
+            f"semantics={self.semantics!r})"
+        )
+
+
+class BandSelected(SmallLoss):
+    r"""SIGUA_SL (Eqs. 4-6): small-loss good data, and the middle-loss band above them as bad.
+
+    :math:`C_{bad}(i) = \neg C_{good}(i) \wedge
+    \mathbb{I}(\#\{j : \ell_i > \ell_j\} \le n_b \rho(t) + n_b \delta)`: the samples just above
+    the kept ones, not the largest losses.
+
+    Args:
+        noise_rate: :math:`\epsilon` in [0, 1), the label-noise rate.
+        band: :math:`\delta \ge 0`, the bad band's width as a rate of the batch; at most
+            ``noise_rate``, so that the kept rate :math:`1 - \epsilon` plus the band fits in 1.
+            With ``semantics="official"``: the code's rate r in [0, 1] (module docstring).
+        warmup_epochs: :math:`T_k` (default: 10).
+        semantics: ``"paper"`` (default) or ``"official"``.
+
+    Example:
+        >>> import torch
+        >>> cond = BandSelected(noise_rate=0.5, band=0.25, warmup_epochs=0)
+        >>> cond(torch.tensor([0.1, 0.9, 0.4, 2.0])).bad
+        tensor([False,  True, False, False])
+    """
+
+    def __init__(
+        self,
+        noise_rate: float,
+        band: float,
+        warmup_epochs: float = 10,
+        *,
+        semantics: Semantics = "paper",
+    ) -> None:
+        super().__init__(noise_rate, warmup_epochs, semantics=semantics)
+        if isinstance(band, bool) or not isinstance(band, (int, float)):
+            raise TypeError(f"band must be a float >= 0, got {band!r}")
+        limit, what = (
+            (self.noise_rate, "noise_rate, so that (1 - noise_rate) + band <= 1")
+            if semantics == "paper"
+            else (1.0, "1 (a fraction of the samples not kept)")
+        )
+        if not 0.0 <= band <= limit:
+            raise ValueError(f"band must be >= 0 and at most {what}; got band={band}")
+        self.band = float(band)
+
+    def __call__(self, losses: Tensor, **inputs: Any) -> Selection:
+        check_batch(losses)
+        if self.semantics == "paper":
+            return Selection(*functional.band_masks(losses, self.rate, self.band))
+        return Selection(*functional.official_band_masks(losses, self.rate, self.band))
+
+    def __repr__(self) -> str:
+        return (
+            f"BandSelected(noise_rate={self.noise_rate}, band={self.band}, "
+            f"warmup_epochs={self.warmup_epochs:g}, semantics={self.semantics!r})"
+        )

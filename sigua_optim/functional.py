@@ -1,0 +1,229 @@
+r"""The pure, vectorised pieces of SIGUA: schedules, selection masks and the reduction of Eq. 3.
+
+Everything here is a function of tensors and host numbers (batch sizes, rates). Nothing loops over
+samples in Python, nothing reads a device value back to the host (no ``.item()``, ``.cpu()`` or
+``.tolist()``) and every output has a shape known from the input shapes, so the functions run on
+CUDA without host synchronisation and compile with ``torch.compile(fullgraph=True)``.
+
+Selection by counting (Eq. 5) without an n x n comparison: let ``m = floor(n * rate)`` and ``v``
+the (m+1)-th smallest loss. Then ``#{j : l_j < l_i} <= m`` holds exactly when ``l_i <= v``:
+if ``l_i <= v`` at most the m losses ranked below ``v`` can be strictly smaller than ``l_i``; if
+``l_i > v`` the m + 1 smallest losses all are. One order statistic per threshold is therefore
+Eq. 5 to the letter, ties included, in O(n).
+
+On CPU in eager mode the order statistics come from ``numpy.partition`` on the tensor's memory
+(zero-copy; half types are widened to float32, which is exact); elsewhere from ``torch.kthvalue``.
+Both return an element of the input, so the comparisons that follow are exact in any dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+Semantics = Literal["paper", "official"]
+Reduction = Literal["paper", "official"]
+Criterion = Literal["sample", "total"]
+
+__all__ = [
+    "band_masks",
+    "keep_rate",
+    "lowest_k_mask",
+    "nonnegative_masks",
+    "official_band_masks",
+    "official_small_loss_mask",
+    "sigua_objective",
+    "sigua_weights",
+    "small_loss_mask",
+]
+
+
+def keep_rate(noise_rate: float, epoch: float, warmup_epochs: float, semantics: Semantics = "paper") -> float:
+    r"""The rate of data kept as good, :math:`\rho(t)`.
+
+    ``"paper"`` (Eq. 4): :math:`\rho(t) = 1 - \epsilon \min(t / T_k, 1)`, with
+    :math:`\min(t / 0, 1) = 1` (no warm-up).
+
+    ``"official"`` (the authors' code): the forget rate rises linearly over epochs
+    :math:`0 .. T_k - 1` and reaches :math:`\epsilon` at epoch :math:`T_k - 1`:
+    :math:`\rho(t) = 1 - \epsilon \min(t / (T_k - 1), 1)`, with no warm-up for :math:`T_k \le 1`.
+    """
+    span = warmup_epochs if semantics == "paper" else warmup_epochs - 1
+    progress = 1.0 if span <= 0 else min(epoch / span, 1.0)
+    return 1.0 - noise_rate * progress
+
+
+def _kth_smallest(losses: Tensor, ks: list[int]) -> list[Tensor | float]:
+    """The k-th smallest entries of a 1-D tensor, for each k of ``ks`` (ascending, in ``[1, n]``).
+
+    CPU, eager: ``numpy.partition`` at the largest k, then each smaller k within the part left of
+    the previous one (one partition with several kth is many times slower). Elsewhere:
+    ``torch.kthvalue``, which keeps the values on the device.
+    """
+    detached = losses.detach()
+    if detached.device.type != "cpu" or torch.compiler.is_compiling():
+        return [torch.kthvalue(detached, k).values for k in ks]
+    if detached.dtype in (torch.float16, torch.bfloat16):
+        detached = detached.float()
+    part = detached.numpy()
+    values: list[Tensor | float] = []
+    for k in reversed(ks):
+        part = np.partition(part, k - 1)[:k]
+        values.insert(0, float(part[-1]))
+    return values
+
+
+def _rank_at_most(losses: Tensor, bounds: tuple[int, ...]) -> list[Tensor]:
+    """For each bound m, the mask of ``#{j : l_j < l_i} <= m``: ``l_i <=`` the (m+1)-th smallest."""
+    n = losses.shape[0]
+    ks = sorted({m + 1 for m in bounds if 0 <= m < n})
+    kth = dict(zip(ks, _kth_smallest(losses, ks), strict=True))
+    detached = losses.detach()
+    masks = []
+    for m in bounds:
+        if m >= n or m < 0:
+            masks.append(torch.full_like(detached, m >= n, dtype=torch.bool))
+        else:
+            masks.append(detached <= kth[m + 1])
+    return masks
+
+
+def small_loss_mask(losses: Tensor, rate: float) -> Tensor:
+    r"""Eq. 5: :math:`C_{good}(i) = \mathbb{I}(\#\{j : \ell_i > \ell_j\} \le n \rho)`.
+
+    Args:
+        losses: per-sample losses, shape ``[n]``.
+        rate: :math:`\rho`, the rate kept (``n * rate`` is the bound on the count).
+
+    Returns:
+        A bool tensor shaped like ``losses``. Tied losses are kept or dropped together, so about
+        :math:`\lfloor n\rho \rfloor + 1` samples are kept (more with ties).
+    """
+    (good,) = _rank_at_most(losses, (math.floor(losses.shape[0] * rate),))
+    return good
+
+
+def band_masks(losses: Tensor, rate: float, band: float) -> tuple[Tensor, Tensor]:
+    r"""Eqs. 5-6: small-loss good data and the middle-loss band above it as bad data.
+
+    :math:`C_{bad}(i) = \neg C_{good}(i) \wedge
+    \mathbb{I}(\#\{j : \ell_i > \ell_j\} \le n \rho + n \delta)`.
+
+    Args:
+        losses: per-sample losses, shape ``[n]``.
+        rate: :math:`\rho`, the rate kept as good.
+        band: :math:`\delta`, the width of the bad band as a rate of the batch.
+
+    Returns:
+        ``(good, bad)`` bool tensors shaped like ``losses``, never both true.
+    """
+    n = losses.shape[0]
+    good, within = _rank_at_most(losses, (math.floor(n * rate), math.floor(n * rate + n * band)))
+    return good, within & ~good
+
+
+def lowest_k_mask(losses: Tensor, k: int) -> Tensor:
+    """The ``k`` smallest losses, ties broken by index (a stable argsort's first ``k``).
+
+    The selection of the authors' code (``argsort`` then the first ``k``) with its arbitrary
+    tie-break made deterministic. O(n): one order statistic and one cumulative sum.
+    """
+    n = losses.shape[0]
+    if k >= n:
+        return torch.ones_like(losses, dtype=torch.bool)
+    if k <= 0:
+        return torch.zeros_like(losses, dtype=torch.bool)
+    (threshold,) = _kth_smallest(losses, [k])
+    detached = losses.detach()
+    below = detached < threshold
+    tied = detached == threshold
+    room = k - below.sum()
+    return below | (tied & (tied.cumsum(0) <= room))
+
+
+def official_small_loss_mask(losses: Tensor, rate: float) -> Tensor:
+    r"""Self-Teach as the authors' code selects: the :math:`\lfloor n \rho \rfloor` smallest
+    losses, ties broken by index (Eq. 5 keeps one more, and ties together)."""
+    return lowest_k_mask(losses, math.floor(losses.shape[0] * rate))
+
+
+def official_band_masks(losses: Tensor, rate: float, bad_fraction: float) -> tuple[Tensor, Tensor]:
+    r"""SIGUA_SL as the authors' code selects (NOTES.md, items 1-2).
+
+    Good: the :math:`n_{good} = \lfloor n \rho \rfloor` smallest losses. Bad: the next
+    :math:`\max(\lfloor (n - n_{good})\, r \rfloor, 1)` in sorted order, as many as exist (so
+    ``bad_fraction = 0`` still ascends on one sample, as the code does). Ties are broken by index.
+    """
+    n = losses.shape[0]
+    n_good = math.floor(n * rate)
+    n_bad = max(math.floor((n - n_good) * bad_fraction), 1)
+    good = lowest_k_mask(losses, n_good)
+    return good, lowest_k_mask(losses, n_good + n_bad) & ~good
+
+
+def nonnegative_masks(
+    class_losses: Tensor,
+    targets: Tensor,
+    inverse: Tensor,
+    criterion: Criterion = "sample",
+    ascend: bool = True,
+) -> tuple[Tensor, Tensor]:
+    r"""Eqs. 11-12: good data have a non-negative backward-corrected loss, bad data the rest.
+
+    With :math:`\ell_{vec}(x_i)` the row ``class_losses[i]`` (the loss against every class) and
+    ``inverse`` :math:`= T^{-1}`:
+
+    - ``"sample"``: :math:`C_{good}(i) = \mathbb{I}([T^{-1}\ell_{vec}(x_i)]_{\tilde y_i} \ge 0)`,
+      the sample's own corrected loss (Eq. 8), the rule of the authors' code;
+    - ``"total"``: :math:`C_{good}(i) = \mathbb{I}(\mathbf{1}^\top T^{-1}\ell_{vec}(x_i) \ge 0)`,
+      Eq. 11 as printed.
+
+    :math:`C_{bad} = \neg C_{good}` when ``ascend`` (SIGUA_BC, Eq. 12), else none (nnBC).
+    """
+    if criterion == "sample":
+        value = (class_losses * inverse[targets]).sum(dim=1)
+    else:
+        value = class_losses @ inverse.sum(dim=0)
+    good = value >= 0
+    return good, ~good if ascend else torch.zeros_like(good)
+
+
+def sigua_weights(good: Tensor, bad: Tensor, gamma: float, dtype: torch.dtype) -> Tensor:
+    r"""Per-sample weights :math:`C_{good} - \gamma C_{bad}` of Eq. 3: 1, :math:`-\gamma` or 0.
+
+    A sample that is both good and bad counts as good, as in Algorithm 1's ``if / else if``.
+    """
+    return good.to(dtype) - gamma * (bad & ~good).to(dtype)
+
+
+def sigua_objective(
+    losses: Tensor,
+    good: Tensor,
+    bad: Tensor,
+    gamma: float,
+    reduction: Reduction = "paper",
+) -> Tensor:
+    r"""The scalar SIGUA objective.
+
+    ``"paper"`` (Eq. 3): :math:`\ell_b = \ell^\top (C_{good} - \gamma C_{bad}) / n_b`, divided
+    by the whole batch size, ignored samples included.
+
+    ``"official"`` (the authors' code): :math:`\mathrm{mean}_{good}(\ell) - \gamma\,
+    \mathrm{mean}_{bad}(\ell)`, each mean over its own count (an empty group contributes 0).
+
+    Half-precision losses are accumulated in float32; the result has the dtype of ``losses``.
+    """
+    acc = torch.promote_types(losses.dtype, torch.float32)
+    wide = losses.to(acc)
+    if reduction == "paper":
+        objective = torch.dot(wide, sigua_weights(good, bad, gamma, acc)) / losses.shape[0]
+    else:
+        bad = bad & ~good
+        good_mean = torch.dot(wide, good.to(acc)) / good.sum().clamp_min(1)
+        bad_mean = torch.dot(wide, bad.to(acc)) / bad.sum().clamp_min(1)
+        objective = good_mean - gamma * bad_mean
+    return objective.to(losses.dtype)

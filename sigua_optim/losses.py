@@ -1,0 +1,111 @@
+r"""Loss-correction losses: Eq. 8, the backward-corrected cross-entropy (Patrini et al., 2017).
+
+With :math:`T \in \mathbb{R}^{k \times k}`, :math:`[T]_{ij} = p(\tilde y = j \mid y = i)`, and
+:math:`\ell_{vec}(x) = (\ell(f(x), 1), \dots, \ell(f(x), k))` the cross-entropy against every class,
+
+.. math::
+    \ell^{\leftarrow}(f(x), \tilde y) = [T^{-1} \ell_{vec}(x)]_{\tilde y}.
+
+It is unbiased (Eq. 9) but can be negative; :class:`~sigua_optim.conditions.NonNegativeCorrection`
+is the nnBC / SIGUA_BC treatment of that.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["backward_corrected_cross_entropy", "check_transition_matrix", "class_losses"]
+
+_ROW_SUM_TOLERANCE = 1e-4
+_MAX_CONDITION_NUMBER = 1e8
+
+
+def check_transition_matrix(transition_matrix: Tensor) -> tuple[Tensor, Tensor]:
+    """Validate a noise transition matrix; return it and its inverse, in float64 on the CPU.
+
+    Raises ValueError unless ``transition_matrix`` is a finite, square k x k matrix (k >= 2) with
+    non-negative entries whose rows sum to 1 and which is invertible.
+    """
+    name = "transition_matrix"
+    if not isinstance(transition_matrix, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(transition_matrix).__name__}")
+    t = transition_matrix.detach().to("cpu", torch.float64)
+    if t.ndim != 2 or t.shape[0] != t.shape[1] or t.shape[0] < 2:
+        raise ValueError(f"{name} must be a square k x k matrix with k >= 2, got {tuple(t.shape)}")
+    if not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
+        raise ValueError(f"{name} must have finite, non-negative entries (probabilities)")
+    row_sums = t.sum(dim=1)
+    worst = float((row_sums - 1).abs().max())
+    if worst > _ROW_SUM_TOLERANCE:
+        raise ValueError(
+            f"{name} must be row-stochastic, T[i, j] = p(noisy = j | true = i), rows summing to "
+            f"1; a row sums to {float(row_sums[(row_sums - 1).abs().argmax()]):.6g}. "
+            "If you built p(true | noisy), transpose it."
+        )
+    condition_number = float(torch.linalg.cond(t))
+    if not condition_number < _MAX_CONDITION_NUMBER:
+        raise ValueError(
+            f"{name} is singular (condition number {condition_number:.3g}): backward correction "
+            "needs T^-1. Symmetric noise with eps = (k-1)/k, for one, cannot be inverted."
+        )
+    return t, torch.linalg.inv(t)
+
+
+def class_losses(logits: Tensor) -> Tensor:
+    r"""The cross-entropy of every sample against every class, :math:`\ell_{vec}`: ``[n, k]``.
+
+    Computed as ``-log_softmax`` in at least float32.
+    """
+    wide = torch.promote_types(logits.dtype, torch.float32)
+    return -F.log_softmax(logits.to(wide), dim=-1)
+
+
+def check_logits_targets(logits: Tensor | None, targets: Tensor | None, k: int, owner: str) -> None:
+    """Validate ``logits=`` ([n, k] floating) and ``targets=`` ([n] integer in [0, k))."""
+    if logits is None or targets is None:
+        missing = " and ".join(n for n, v in (("logits=", logits), ("targets=", targets)) if v is None)
+        raise ValueError(f"{owner} needs {missing}: pass them, e.g. step(losses, logits=logits, targets=y)")
+    if not isinstance(logits, Tensor) or not isinstance(targets, Tensor):
+        raise TypeError(f"{owner}: logits= and targets= must be torch.Tensors")
+    if logits.ndim != 2 or logits.shape[1] != k or not logits.is_floating_point():
+        raise ValueError(
+            f"logits= must be floating point of shape [batch, {k}] (k = the transition matrix's "
+            f"size); got {tuple(logits.shape)} {logits.dtype}"
+        )
+    if targets.shape != logits.shape[:1] or targets.dtype.is_floating_point or targets.dtype == torch.bool:
+        raise ValueError(
+            f"targets= must be integer class indices of shape [{logits.shape[0]}] (one per row of "
+            f"logits); got {tuple(targets.shape)} {targets.dtype}"
+        )
+    if targets.numel() and bool(((targets < 0) | (targets >= k)).any()):
+        raise ValueError(f"targets= must be class indices in [0, {k}); got values outside that range")
+
+
+def backward_corrected_cross_entropy(logits: Tensor, targets: Tensor, transition_matrix: Tensor) -> Tensor:
+    r"""Eq. 8, per sample: :math:`[T^{-1} \ell_{vec}(x_i)]_{\tilde y_i}`, shape ``[n]``.
+
+    Args:
+        logits: model outputs, shape ``[n, k]``.
+        targets: the noisy labels :math:`\tilde y`, integer, shape ``[n]``.
+        transition_matrix: :math:`T`, ``[k, k]``, row-stochastic and invertible. Validated and
+            inverted in float64 on the CPU each call: keep it on the CPU.
+
+    Returns:
+        The corrected losses, differentiable, in at least float32; they can be negative.
+
+    Example:
+        >>> import torch
+        >>> from sigua_optim.losses import backward_corrected_cross_entropy
+        >>> from sigua_optim.noise import symmetric
+        >>> logits = torch.randn(4, 3, requires_grad=True)
+        >>> y = torch.tensor([0, 2, 1, 1])
+        >>> backward_corrected_cross_entropy(logits, y, symmetric(3, 0.2)).shape
+        torch.Size([4])
+    """
+    _, inverse = check_transition_matrix(transition_matrix)
+    check_logits_targets(logits, targets, inverse.shape[0], "backward_corrected_cross_entropy")
+    per_class = class_losses(logits)
+    rows = inverse.to(per_class.device, per_class.dtype, non_blocking=True)[targets]
+    return (per_class * rows).sum(dim=1)

@@ -1,0 +1,316 @@
+r"""SIGUAOptimizer: the step of Algorithm 1 around any ``torch.optim`` optimizer."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple, get_args
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from . import functional
+from .conditions import AllGood, Condition
+from .conditions.base import Selection, check_batch, check_epoch
+from .functional import Reduction
+
+NonFinite = Literal["raise", "skip", "unchecked"]
+
+__all__ = ["SIGUAOptimizer", "StepResult"]
+
+
+class StepResult(NamedTuple):
+    """What :meth:`SIGUAOptimizer.step` returns: tensors, to be read only when logging.
+
+    Attributes:
+        objective: the detached scalar of Eq. 3 that was back-propagated.
+        good: bool mask of the samples descended on.
+        bad: bool mask of the samples ascended on.
+        skipped: True when ``nonfinite="skip"`` found a NaN/inf loss and nothing was changed.
+    """
+
+    objective: Tensor
+    good: Tensor
+    bad: Tensor
+    skipped: bool = False
+
+
+def _check_gamma(gamma: float) -> float:
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):
+        raise TypeError(f"gamma must be a float in [0, 1], got {gamma!r}")
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(
+            f"gamma must be in [0, 1] (the underweight of gradient ascent; the paper uses 0.01), got {gamma}"
+        )
+    return float(gamma)
+
+
+class SIGUAOptimizer(Optimizer):
+    r"""SIGUA (Han et al., ICML 2020) around any optimizer: descend on good, ascend on bad data.
+
+    One :meth:`step` with per-sample losses :math:`\ell \in \mathbb{R}^{n_b}` runs Algorithm 1:
+    the condition marks each sample good, bad or neither, the objective of Eq. 3
+
+    .. math::
+        \ell_b = \ell^\top \bigl(C_{good} - \gamma\, C_{bad}\bigr) / n_b
+
+    is back-propagated, and the wrapped optimizer steps. Good samples are learned (weight 1), bad
+    ones are forgotten by gradient ascent with the learning rate reduced by :math:`\gamma`, the
+    rest is ignored; the divisor is the whole batch size.
+
+    It is a ``torch.optim.Optimizer`` that shares ``param_groups``, ``state`` and ``defaults``
+    with the wrapped one, so LR schedulers, ``GradScaler`` and training frameworks accept it.
+
+    Args:
+        optimizer: the wrapped ``torch.optim.Optimizer`` (Adam, SGD, ...).
+        condition: the default condition (default: :class:`~sigua_optim.conditions.AllGood`,
+            plain training); any callable ``(losses, **inputs) -> Selection``.
+        gamma: :math:`\gamma \in [0, 1]` (default: 0.01), the underweight of the ascent; 0 is
+            StopGrad (bad data ignored).
+        reduction: ``"paper"`` (default, Eq. 3) or ``"official"``: the authors' code,
+            :math:`\mathrm{mean}_{good}(\ell) - \gamma\,\mathrm{mean}_{bad}(\ell)`.
+        nonfinite: what a NaN or infinite loss does. ``"raise"`` (default): a ValueError before
+            anything changes. ``"skip"``: no backward, no step, ``result.skipped`` is True.
+            Both read one bool back from the device each step (as ``GradScaler`` does).
+            ``"unchecked"``: no check and no host synchronisation; a NaN reaches the parameters,
+            as in a plain PyTorch step.
+
+    Example:
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from sigua_optim import SIGUAOptimizer
+        >>> from sigua_optim.conditions import BandSelected
+        >>> model = torch.nn.Linear(4, 3)
+        >>> opt = SIGUAOptimizer(torch.optim.SGD(model.parameters(), lr=0.1),
+        ...                      condition=BandSelected(noise_rate=0.5, band=0.25), gamma=0.01)
+        >>> opt.set_epoch(12)
+        >>> x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+        >>> opt.zero_grad()
+        >>> result = opt.step(F.cross_entropy(model(x), y, reduction="none"))
+        >>> int(result.good.sum()), int(result.bad.sum())
+        (5, 2)
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        condition: Condition | Callable[..., Selection] | None = None,
+        gamma: float = 0.01,
+        *,
+        reduction: Reduction = "paper",
+        nonfinite: NonFinite = "raise",
+    ) -> None:
+        if not isinstance(optimizer, Optimizer) or isinstance(optimizer, SIGUAOptimizer):
+            raise TypeError(
+                "optimizer must be a torch.optim.Optimizer built on the model's parameters, e.g. "
+                f"SIGUAOptimizer(torch.optim.Adam(model.parameters())); got {type(optimizer).__name__}"
+            )
+        if condition is not None and not callable(condition):
+            raise TypeError(f"condition must be callable (losses, **inputs) -> Selection, got {condition!r}")
+        if reduction not in get_args(Reduction):
+            raise ValueError(f"reduction must be 'paper' (Eq. 3) or 'official', got {reduction!r}")
+        if nonfinite not in get_args(NonFinite):
+            raise ValueError(f"nonfinite must be 'raise', 'skip' or 'unchecked', got {nonfinite!r}")
+        self.optimizer = optimizer
+        self.condition = AllGood() if condition is None else condition
+        self._gamma = _check_gamma(gamma)
+        self.reduction: Reduction = reduction
+        self.nonfinite: NonFinite = nonfinite
+        self.epoch = 0.0
+        # The hook tables torch.optim.Optimizer.__init__ would make; param_groups, state and
+        # defaults are not copied but delegated to the wrapped optimizer (properties below).
+        self._optimizer_step_pre_hooks = OrderedDict()
+        self._optimizer_step_post_hooks = OrderedDict()
+        self._optimizer_state_dict_pre_hooks = OrderedDict()
+        self._optimizer_state_dict_post_hooks = OrderedDict()
+        self._optimizer_load_state_dict_pre_hooks = OrderedDict()
+        self._optimizer_load_state_dict_post_hooks = OrderedDict()
+        self._patch_step_function()
+
+    # -- shared with the wrapped optimizer ------------------------------------------------------
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.optimizer.param_groups
+
+    @param_groups.setter
+    def param_groups(self, value: list[dict[str, Any]]) -> None:
+        self.optimizer.param_groups = value
+
+    @property
+    def state(self) -> Any:
+        return self.optimizer.state
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        self.optimizer.state = value
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        return self.optimizer.defaults
+
+    @defaults.setter
+    def defaults(self, value: dict[str, Any]) -> None:
+        self.optimizer.defaults = value
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Forward to the wrapped optimizer's ``zero_grad``."""
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Forward to the wrapped optimizer's ``add_param_group``."""
+        self.optimizer.add_param_group(param_group)
+
+    def __getstate__(self) -> dict[str, Any]:
+        keep = ("optimizer", "condition", "_gamma", "reduction", "nonfinite", "epoch")
+        return {name: self.__dict__[name] for name in keep}
+
+    def __repr__(self) -> str:
+        return (
+            f"SIGUAOptimizer({self.optimizer!r},\n  condition={self.condition!r}, "
+            f"gamma={self.gamma}, reduction={self.reduction!r}, epoch={self.epoch:g})"
+        )
+
+    # -- SIGUA's own settings --------------------------------------------------------------------
+    @property
+    def gamma(self) -> float:
+        r""":math:`\gamma \in [0, 1]`, the underweight of gradient ascent on bad data."""
+        return self._gamma
+
+    @gamma.setter
+    def gamma(self, value: float) -> None:
+        self._gamma = _check_gamma(value)
+
+    def set_epoch(self, epoch: float) -> None:
+        r"""Set the epoch t (from 0; a float for step-level schedules) that drives :math:`\rho(t)`.
+
+        Forwarded to the default condition, and to a per-call condition before it runs.
+        """
+        self.epoch = check_epoch(epoch)
+        self._follow_epoch(self.condition)
+
+    def _follow_epoch(self, condition: Any) -> None:
+        set_epoch = getattr(condition, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(self.epoch)
+
+    # -- the step ------------------------------------------------------------------------------
+    def objective(
+        self,
+        losses: Tensor,
+        *,
+        condition: Condition | Callable[..., Selection] | None = None,
+        **inputs: Any,
+    ) -> Tensor:
+        """The scalar of Eq. 3 for these per-sample losses, without backward or step.
+
+        For callers that run backward themselves: ``scaler.scale(opt.objective(losses)).backward()``,
+        ``accelerator.backward(...)``, Lightning's ``training_step``, a Trainer's ``compute_loss``.
+        """
+        return self._select_and_reduce(losses, condition, inputs)[0]
+
+    def _select_and_reduce(
+        self, losses: Tensor, condition: Any, inputs: dict[str, Any]
+    ) -> tuple[Tensor, Selection]:
+        if not isinstance(losses, Tensor):
+            raise TypeError(
+                f"losses must be a torch.Tensor of per-sample losses, got {type(losses).__name__}"
+            )
+        if losses.ndim == 0:
+            raise ValueError(
+                "losses is a scalar: SIGUA weighs each sample, so it needs per-sample losses; "
+                "pass reduction='none' to the loss function (e.g. F.cross_entropy(out, y, "
+                "reduction='none'))"
+            )
+        check_batch(losses)
+        if not losses.is_floating_point():
+            raise TypeError(f"losses must be floating point, got {losses.dtype}")
+        if not losses.requires_grad:
+            raise ValueError(
+                "losses does not require grad: compute it from the model's output with autograd "
+                "on (not under torch.no_grad() or after .detach()), or the step cannot learn"
+            )
+        condition = self.condition if condition is None else condition
+        if condition is not self.condition:
+            self._follow_epoch(condition)
+        selection = condition(losses.detach(), **inputs)
+        objective = functional.sigua_objective(
+            losses, selection.good, selection.bad, self.gamma, self.reduction
+        )
+        return objective, selection
+
+    def _nonfinite(self, losses: Tensor) -> bool:
+        """True when a loss is NaN/inf and nonfinite="skip"; raises under "raise"."""
+        if self.nonfinite == "unchecked" or bool(torch.isfinite(losses.detach()).all()):
+            return False
+        if self.nonfinite == "skip":
+            return True
+        bad = (~torch.isfinite(losses.detach())).nonzero().flatten()[:8].tolist()
+        raise ValueError(
+            f"losses contain NaN or inf (at indices {bad}...): nothing was changed. Lower the "
+            "learning rate, check the inputs, or pass nonfinite='skip' to skip such steps"
+        )
+
+    def step(  # type: ignore[override]
+        self,
+        losses: Tensor | Callable[[], Any] | None = None,
+        closure: Callable[[], Any] | None = None,
+        *,
+        condition: Condition | Callable[..., Selection] | None = None,
+        **inputs: Any,
+    ) -> Any:
+        """One SIGUA step: select, reduce (Eq. 3), back-propagate, step the wrapped optimizer.
+
+        Args:
+            losses: per-sample losses ``[n]`` that require grad (``reduction='none'``). Without
+                them (or with a callable, taken as a closure) this is a plain step of the wrapped
+                optimizer, for callers that ran backward themselves (GradScaler, trainers).
+            closure: passed to the wrapped optimizer's step (plain step only).
+            condition: this call's condition instead of the default one.
+            **inputs: named inputs for the condition (``clean=``, ``logits=``, ``targets=``, ...).
+
+        Returns:
+            A :class:`StepResult` of tensors (no host synchronisation), or, for a plain step,
+            whatever the wrapped optimizer's step returns.
+        """
+        if losses is None or callable(losses):
+            if inputs or condition is not None:
+                raise TypeError("condition= and named inputs need per-sample losses: call step(losses, ...)")
+            return self.optimizer.step(losses if closure is None else closure)
+        if closure is not None:
+            raise TypeError("pass either per-sample losses or a closure to step(), not both")
+        objective, selection = self._select_and_reduce(losses, condition, inputs)
+        if self._nonfinite(losses):
+            return StepResult(objective.detach(), selection.good, selection.bad, skipped=True)
+        objective.backward()  # type: ignore[no-untyped-call]
+        self.optimizer.step()
+        return StepResult(objective.detach(), selection.good, selection.bad)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The wrapped optimizer's state dict plus SIGUA's own under the key ``"sigua"``."""
+        state = self.optimizer.state_dict()
+        condition_state = getattr(self.condition, "state_dict", None)
+        state["sigua"] = {
+            "gamma": self.gamma,
+            "epoch": self.epoch,
+            "reduction": self.reduction,
+            "condition": condition_state() if callable(condition_state) else None,
+        }
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load :meth:`state_dict`'s output, or a plain state dict of the wrapped optimizer."""
+        state_dict = dict(state_dict)
+        sigua = state_dict.pop("sigua", None)
+        if sigua is not None:
+            gamma = _check_gamma(sigua["gamma"])
+            epoch = check_epoch(sigua["epoch"])
+        self.optimizer.load_state_dict(state_dict)
+        if sigua is None:
+            return
+        self._gamma, self.reduction = gamma, sigua.get("reduction", self.reduction)
+        self.set_epoch(epoch)
+        load = getattr(self.condition, "load_state_dict", None)
+        if sigua.get("condition") is not None and callable(load):
+            load(sigua["condition"])

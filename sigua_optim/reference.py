@@ -1,0 +1,189 @@
+r"""The specification: Algorithm 1 and Eqs. 4-6, 11-12 as the paper's literal loops, in Python.
+
+Slow on purpose (the counts of Eqs. 5-6 are O(n^2)) and free of tensors, so that each line can
+be read against the paper. :mod:`sigua_optim.functional` is tested against these functions
+(:func:`sigua_optim.testing.assert_matches_reference`). The ``official_*`` functions state the
+authors' released code the same way (NOTES.md, "Where the authors' released code differs").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from torch import Tensor
+
+Masks = tuple[list[bool], list[bool]]
+
+__all__ = [
+    "algorithm1",
+    "band_selected",
+    "for_condition",
+    "keep_rate",
+    "nonnegative_correction",
+    "official_band_selected",
+    "official_keep_rate",
+    "official_objective",
+    "official_small_loss",
+    "small_loss",
+]
+
+
+def keep_rate(noise_rate: float, epoch: float, warmup_epochs: float) -> float:
+    """Eq. 4: rho(t) = 1 - eps * min(t / T_k, 1); no warm-up when T_k = 0."""
+    if warmup_epochs == 0:
+        return 1.0 - noise_rate
+    return 1.0 - noise_rate * min(epoch / warmup_epochs, 1.0)
+
+
+def official_keep_rate(noise_rate: float, epoch: float, warmup_epochs: float) -> float:
+    """The authors' schedule: the forget rate reaches eps at epoch T_k - 1."""
+    if warmup_epochs <= 1:
+        return 1.0 - noise_rate
+    return 1.0 - noise_rate * min(epoch / (warmup_epochs - 1), 1.0)
+
+
+def _count_smaller(losses: Sequence[float], i: int) -> int:
+    """#{ j : l_i > l_j }."""
+    count = 0
+    for j in range(len(losses)):
+        if losses[i] > losses[j]:
+            count += 1
+    return count
+
+
+def small_loss(losses: Sequence[float], rate: float) -> Masks:
+    """Eq. 5: good(i) = #{ j : l_i > l_j } <= n * rho; nothing is bad."""
+    n = len(losses)
+    good = [_count_smaller(losses, i) <= n * rate for i in range(n)]
+    return good, [False] * n
+
+
+def band_selected(losses: Sequence[float], rate: float, band: float) -> Masks:
+    """Eqs. 5-6: bad(i) = not good(i) and #{ j : l_i > l_j } <= n * rho + n * delta."""
+    n = len(losses)
+    good, bad = [], []
+    for i in range(n):
+        count = _count_smaller(losses, i)
+        good.append(count <= n * rate)
+        bad.append(not good[i] and count <= n * rate + n * band)
+    return good, bad
+
+
+def _stable_order(losses: Sequence[float]) -> list[int]:
+    """argsort, ties in index order (Python's sort is stable)."""
+    return sorted(range(len(losses)), key=lambda i: losses[i])
+
+
+def official_small_loss(losses: Sequence[float], rate: float) -> Masks:
+    """The authors' code: keep the int(n * rho) first samples of the sorted order."""
+    n = len(losses)
+    kept = _stable_order(losses)[: int(n * rate)]
+    return [i in kept for i in range(n)], [False] * n
+
+
+def official_band_selected(losses: Sequence[float], rate: float, bad_fraction: float) -> Masks:
+    """The authors' code: after the kept ones, the next max(int((n - n_good) * r), 1) are bad."""
+    n = len(losses)
+    order = _stable_order(losses)
+    n_good = int(n * rate)
+    n_bad = max(int((n - n_good) * bad_fraction), 1)
+    kept, ascended = order[:n_good], order[n_good : n_good + n_bad]
+    return [i in kept for i in range(n)], [i in ascended for i in range(n)]
+
+
+def nonnegative_correction(
+    class_losses: Sequence[Sequence[float]],
+    targets: Sequence[int],
+    inverse: Sequence[Sequence[float]],
+    criterion: str,
+    ascend: bool,
+) -> tuple[list[bool], list[bool], list[bool]]:
+    """Eqs. 11-12 for each sample, and which samples float64 cannot decide.
+
+    "sample": value_i = sum_j Tinv[y_i][j] * l_j(x_i); "total": value_i = sum_c sum_j
+    Tinv[c][j] * l_j(x_i). good(i) = value_i >= 0; bad(i) = not good(i) if ascend, else False.
+    undecided(i): |value_i| is within float64 rounding of the sum of |terms|, so a sum taken in
+    another order may land on the other side of 0.
+    """
+    k = len(inverse)
+    good, bad, undecided = [], [], []
+    for row, y in zip(class_losses, targets, strict=True):
+        rows = [y] if criterion == "sample" else range(k)
+        value, magnitude = 0.0, 0.0
+        for c in rows:
+            for j in range(k):
+                value += inverse[c][j] * row[j]
+                magnitude += abs(inverse[c][j] * row[j])
+        good.append(value >= 0)
+        bad.append(ascend and not value >= 0)
+        undecided.append(abs(value) <= 1e-12 * magnitude)
+    return good, bad, undecided
+
+
+def algorithm1(losses: Sequence[float], good: Sequence[bool], bad: Sequence[bool], gamma: float) -> float:
+    """Algorithm 1, lines 2-10: the loss accumulator, divided by the batch size."""
+    total = 0.0
+    for i in range(len(losses)):
+        if good[i]:
+            total = total + losses[i]
+        elif bad[i]:
+            total = total - gamma * losses[i]
+    return total / len(losses)
+
+
+def official_objective(
+    losses: Sequence[float], good: Sequence[bool], bad: Sequence[bool], gamma: float
+) -> float:
+    """The authors' reduction: mean over good minus gamma times mean over bad (empty: 0)."""
+    good_losses = [loss for loss, g in zip(losses, good, strict=True) if g]
+    bad_losses = [loss for loss, g, b in zip(losses, good, bad, strict=True) if b and not g]
+    good_mean = sum(good_losses) / len(good_losses) if good_losses else 0.0
+    bad_mean = sum(bad_losses) / len(bad_losses) if bad_losses else 0.0
+    return good_mean - gamma * bad_mean
+
+
+def for_condition(condition: Any) -> Callable[..., tuple[list[bool], ...]]:
+    """The literal loop that a built-in condition must equal, at its current epoch.
+
+    Returns a function ``(losses: list[float], **inputs) -> (good, bad[, undecided])``.
+    """
+    from .conditions import AllGood, BandSelected, KnownClean, NonNegativeCorrection, SmallLoss
+    from .losses import class_losses
+
+    if isinstance(condition, AllGood):
+        return lambda losses, **_: ([True] * len(losses), [False] * len(losses))
+    if isinstance(condition, KnownClean):
+        return lambda losses, *, clean, **_: (
+            [bool(c) for c in clean.tolist()],
+            [not c for c in clean.tolist()],
+        )
+    if isinstance(condition, SmallLoss):
+        official = condition.semantics == "official"
+        schedule = official_keep_rate if official else keep_rate
+        rate = schedule(condition.noise_rate, condition.epoch, condition.warmup_epochs)
+        if isinstance(condition, BandSelected):
+            loop = official_band_selected if official else band_selected
+            band = condition.band
+            return lambda losses, **_: loop(losses, rate, band)
+        loop_small = official_small_loss if official else small_loss
+        return lambda losses, **_: loop_small(losses, rate)
+    if isinstance(condition, NonNegativeCorrection):
+        nnc = condition
+
+        def loop_nnc(losses: list[float], *, logits: Tensor, targets: Tensor, **_: Any) -> Any:
+            if nnc.epoch < nnc.warmup_epochs:
+                return [True] * len(losses), [False] * len(losses)
+            return nonnegative_correction(
+                class_losses(logits.detach()).double().tolist(),
+                targets.tolist(),
+                nnc.inverse.tolist(),
+                nnc.criterion,
+                nnc.ascend,
+            )
+
+        return loop_nnc
+    raise TypeError(
+        f"no reference loop is known for {condition!r}: pass reference=, a function "
+        "(losses: list[float], **inputs) -> (good: list[bool], bad: list[bool])"
+    )

@@ -1,0 +1,147 @@
+"""Property-test conditions against the literal loops of :mod:`sigua_optim.reference`.
+
+Needs the ``test`` extra (hypothesis). For your own condition, give the loop it should equal::
+
+    from hypothesis import given
+    from sigua_optim.testing import assert_matches_reference, loss_vectors
+
+    def above_mean(losses, **_):                     # the fast condition under test
+        bad = losses > losses.mean()
+        return Selection(~bad, bad)
+
+    def above_mean_loop(losses, **_):                # its specification, one sample at a time
+        mean = sum(losses) / len(losses)
+        return [l <= mean for l in losses], [l > mean for l in losses]
+
+    @given(loss_vectors())
+    def test_above_mean(losses):
+        assert_matches_reference(above_mean, losses, reference=above_mean_loop, gamma=0.01)
+
+The check covers the masks (exactly), the objective of Eq. 3 and its gradient with respect to
+each loss (within the dtype's rounding), against Algorithm 1's loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from hypothesis import strategies as st
+from torch import Tensor
+
+from . import reference as spec
+from .functional import Reduction, sigua_objective
+
+__all__ = ["DTYPES", "assert_matches_reference", "loss_vectors", "rates"]
+
+DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@st.composite
+def loss_vectors(
+    draw: st.DrawFn,
+    min_size: int = 1,
+    max_size: int = 64,
+    dtypes: Sequence[torch.dtype] = DTYPES,
+) -> Tensor:
+    """1-D loss tensors that stress selection: ties, one sample, all equal, extremes.
+
+    Each draw picks a dtype and one of: losses from a handful of values (many ties), all
+    equal, free floats (rounded to the dtype, so ties appear there too), or extremes (0, the
+    smallest subnormal, the largest finite value).
+    """
+    dtype = draw(st.sampled_from(list(dtypes)))
+    info = torch.finfo(dtype)
+    n = draw(st.integers(min_size, max_size))
+    free = st.floats(0.0, 1e4, allow_nan=False, allow_infinity=False)
+    kind = draw(st.sampled_from(["pool", "equal", "free", "extreme"]))
+    if kind == "pool":
+        pool = draw(st.lists(free, min_size=1, max_size=4))
+        values = draw(st.lists(st.sampled_from(pool), min_size=n, max_size=n))
+    elif kind == "equal":
+        values = [draw(free)] * n
+    elif kind == "free":
+        values = draw(st.lists(free, min_size=n, max_size=n))
+    else:
+        extremes = st.sampled_from([0.0, float(info.smallest_normal), float(info.max), 1.0])
+        values = draw(st.lists(extremes, min_size=n, max_size=n))
+    return torch.tensor(values, dtype=torch.float64).to(dtype)
+
+
+def rates() -> st.SearchStrategy[float]:
+    """Rates in [0, 1], with the ends and exact fractions drawn often."""
+    return st.one_of(st.sampled_from([0.0, 1.0, 0.5, 0.25]), st.floats(0.0, 1.0))
+
+
+def _tolerance(values: list[float], reference_value: float, dtype: torch.dtype) -> float:
+    """Rounding bound: the dtype's epsilon on the result, float32 accumulation over the terms."""
+    accumulate = torch.finfo(torch.promote_types(dtype, torch.float32)).eps
+    scale = sum(abs(v) for v in values) / max(len(values), 1)
+    info = torch.finfo(dtype)
+    return 4 * (info.eps * abs(reference_value) + accumulate * len(values) * scale) + info.tiny
+
+
+def assert_matches_reference(
+    condition: Callable[..., Any],
+    losses: Tensor,
+    *,
+    gamma: float = 0.01,
+    reference: Callable[..., tuple[list[bool], ...]] | None = None,
+    reduction: Reduction = "paper",
+    **inputs: Any,
+) -> None:
+    """Assert that ``condition`` + the fused reduction equal Algorithm 1 on ``losses``.
+
+    Args:
+        condition: the condition under test, ``(losses, **inputs) -> Selection``.
+        losses: a 1-D loss tensor (see :func:`loss_vectors`).
+        gamma: the ascent underweight of Eq. 3.
+        reference: the loop the condition must equal, ``(losses: list[float], **inputs) ->
+            (good, bad)`` lists of bool, or ``(good, bad, undecided)`` where ``undecided``
+            marks samples whose criterion lies within float64 rounding of its threshold (they
+            may go either way). Default: the built-in condition's loop
+            (:func:`sigua_optim.reference.for_condition`).
+        reduction: ``"paper"`` (Algorithm 1) or ``"official"``.
+        **inputs: the condition's named inputs (``clean=``, ``logits=``, ``targets=``).
+
+    Raises:
+        AssertionError: naming the first sample or quantity that differs.
+    """
+    loop = reference if reference is not None else spec.for_condition(condition)
+    values = losses.detach().double().tolist()
+    expected = loop(values, **inputs)
+    want_good, want_bad = list(expected[0]), list(expected[1])
+    undecided = list(expected[2]) if len(expected) > 2 else [False] * len(values)
+    selection = condition(losses.detach(), **inputs)
+    good, bad = selection.good.tolist(), selection.bad.tolist()
+    for i in range(len(values)):
+        if not undecided[i] and (good[i], bad[i]) != (want_good[i], want_bad[i]):
+            raise AssertionError(
+                f"sample {i} (loss {values[i]!r}, {losses.dtype}): condition gives good={good[i]} "
+                f"bad={bad[i]}, the reference loop good={want_good[i]} bad={want_bad[i]}; "
+                f"losses={values}"
+            )
+    # Algorithm 1 is linear in the losses: its gradient at sample i is its value at the unit vector.
+    loop_objective = spec.algorithm1 if reduction == "paper" else spec.official_objective
+    want = loop_objective(values, good, bad, gamma)
+    leaf = losses.detach().clone().requires_grad_(True)
+    objective = sigua_objective(leaf, selection.good, selection.bad, gamma, reduction)
+    tolerance = _tolerance(values, want, losses.dtype)
+    if not abs(float(objective) - want) <= tolerance:
+        raise AssertionError(
+            f"objective {float(objective)!r} != Algorithm 1's {want!r} (tolerance {tolerance:.3g}, "
+            f"{losses.dtype}); losses={values}, good={good}, bad={bad}"
+        )
+    objective.backward()  # type: ignore[no-untyped-call]
+    assert leaf.grad is not None
+    eps = torch.finfo(losses.dtype).eps
+    for i, got in enumerate(leaf.grad.double().tolist()):
+        unit = [0.0] * len(values)
+        unit[i] = 1.0
+        wanted = loop_objective(unit, good, bad, gamma)
+        if not abs(got - wanted) <= 4 * eps * abs(wanted):
+            raise AssertionError(
+                f"d objective / d loss[{i}] = {got!r}, Algorithm 1 gives {wanted!r} "
+                f"({losses.dtype}, good={good[i]}, bad={bad[i]})"
+            )
