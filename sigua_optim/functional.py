@@ -192,12 +192,21 @@ def nonnegative_masks(
     return good, ~good if ascend else torch.zeros_like(good)
 
 
-def sigua_weights(good: Tensor, bad: Tensor, gamma: float, dtype: torch.dtype) -> Tensor:
-    r"""Per-sample weights :math:`C_{good} - \gamma C_{bad}` of Eq. 3: 1, :math:`-\gamma` or 0.
+def sigua_weights(
+    good: Tensor, bad: Tensor, gamma: float, dtype: torch.dtype, reduction: Reduction = "paper"
+) -> Tensor:
+    r"""The per-sample weights :math:`w` of the objective :math:`\ell^\top w`.
 
-    A sample that is both good and bad counts as good, as in Algorithm 1's ``if / else if``.
+    ``"paper"``: :math:`w = (C_{good} - \gamma C_{bad}) / n_b`, i.e. 1, :math:`-\gamma` or 0
+    over the whole batch size. ``"official"``: :math:`C_{good} / n_{good} - \gamma C_{bad} /
+    n_{bad}` (an empty group weighs nothing). A sample marked both good and bad counts as good,
+    as in Algorithm 1's ``if / else if``.
     """
-    return good.to(dtype) - gamma * (bad & ~good).to(dtype)
+    bad = bad & ~good
+    if reduction == "paper":
+        n = good.shape[0]
+        return good.to(dtype) * (1.0 / n) - bad.to(dtype) * (gamma / n)
+    return good.to(dtype) / good.sum().clamp_min(1) - bad.to(dtype) * gamma / bad.sum().clamp_min(1)
 
 
 def sigua_objective(
@@ -207,23 +216,17 @@ def sigua_objective(
     gamma: float,
     reduction: Reduction = "paper",
 ) -> Tensor:
-    r"""The scalar SIGUA objective.
+    r"""The scalar SIGUA objective, :math:`\ell^\top w` with :math:`w` of :func:`sigua_weights`.
 
     ``"paper"`` (Eq. 3): :math:`\ell_b = \ell^\top (C_{good} - \gamma C_{bad}) / n_b`, divided
     by the whole batch size, ignored samples included.
 
     ``"official"`` (the authors' code): :math:`\mathrm{mean}_{good}(\ell) - \gamma\,
-    \mathrm{mean}_{bad}(\ell)`, each mean over its own count (an empty group contributes 0).
+    \mathrm{mean}_{bad}(\ell)`, each mean over its own count.
 
+    The weights carry the division, so the sum cannot overflow where the mean does not.
     Half-precision losses are accumulated in float32; the result has the dtype of ``losses``.
     """
     acc = torch.promote_types(losses.dtype, torch.float32)
-    wide = losses.to(acc)
-    if reduction == "paper":
-        objective = torch.dot(wide, sigua_weights(good, bad, gamma, acc)) / losses.shape[0]
-    else:
-        bad = bad & ~good
-        good_mean = torch.dot(wide, good.to(acc)) / good.sum().clamp_min(1)
-        bad_mean = torch.dot(wide, bad.to(acc)) / bad.sum().clamp_min(1)
-        objective = good_mean - gamma * bad_mean
-    return objective.to(losses.dtype)
+    weights = sigua_weights(good, bad, gamma, acc, reduction)
+    return torch.dot(losses.to(acc), weights).to(losses.dtype)

@@ -101,7 +101,9 @@ class SIGUAOptimizer(Optimizer):
         reduction: Reduction = "paper",
         nonfinite: NonFinite = "raise",
     ) -> None:
-        if not isinstance(optimizer, Optimizer) or isinstance(optimizer, SIGUAOptimizer):
+        if isinstance(optimizer, SIGUAOptimizer):
+            raise TypeError("optimizer is already a SIGUAOptimizer: wrap the base optimizer once")
+        if not isinstance(optimizer, Optimizer):
             raise TypeError(
                 "optimizer must be a torch.optim.Optimizer built on the model's parameters, e.g. "
                 f"SIGUAOptimizer(torch.optim.Adam(model.parameters())); got {type(optimizer).__name__}"

@@ -1,0 +1,143 @@
+"""The fast conditions and reduction against the literal loops of Algorithm 1 (hypothesis)."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sigua_optim import functional, reference
+from sigua_optim.conditions import AllGood, BandSelected, KnownClean, NonNegativeCorrection, SmallLoss
+from sigua_optim.testing import DTYPES, assert_matches_reference, loss_vectors, rates
+
+noise_rates = st.one_of(st.sampled_from([0.0, 0.5, 0.999]), st.floats(0.0, 0.999))
+epochs = st.one_of(st.sampled_from([0.0, 1.0, 9.0, 10.0, 200.0]), st.floats(0.0, 300.0))
+warmups = st.sampled_from([0.0, 1.0, 10.0, 2.5])
+gammas = st.one_of(st.sampled_from([0.0, 1.0, 0.01, 0.001]), st.floats(0.0, 1.0))
+semantics = st.sampled_from(["paper", "official"])
+reductions = st.sampled_from(["paper", "official"])
+
+
+@given(loss_vectors(), gammas, reductions)
+def test_all_good(losses: torch.Tensor, gamma: float, reduction: str) -> None:
+    assert_matches_reference(AllGood(), losses, gamma=gamma, reduction=reduction)  # type: ignore[arg-type]
+
+
+@given(loss_vectors(), noise_rates, epochs, warmups, gammas, semantics, reductions)
+def test_small_loss(
+    losses: torch.Tensor, eps: float, epoch: float, warmup: float, gamma: float, sem: str, red: str
+) -> None:
+    condition = SmallLoss(eps, warmup, semantics=sem)  # type: ignore[arg-type]
+    condition.set_epoch(epoch)
+    assert_matches_reference(condition, losses, gamma=gamma, reduction=red)  # type: ignore[arg-type]
+
+
+@given(loss_vectors(), noise_rates, st.data(), epochs, warmups, gammas, semantics, reductions)
+def test_band_selected(
+    losses: torch.Tensor,
+    eps: float,
+    data: st.DataObject,
+    epoch: float,
+    warmup: float,
+    gamma: float,
+    sem: str,
+    red: str,
+) -> None:
+    limit = eps if sem == "paper" else 1.0
+    band = data.draw(st.one_of(st.sampled_from([0.0, limit]), st.floats(0.0, limit)), label="band")
+    condition = BandSelected(eps, band, warmup, semantics=sem)  # type: ignore[arg-type]
+    condition.set_epoch(epoch)
+    assert_matches_reference(condition, losses, gamma=gamma, reduction=red)  # type: ignore[arg-type]
+
+
+@given(loss_vectors(), st.data(), gammas)
+def test_known_clean(losses: torch.Tensor, data: st.DataObject, gamma: float) -> None:
+    n = losses.shape[0]
+    clean = torch.tensor(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+    assert_matches_reference(KnownClean(), losses, gamma=gamma, clean=clean)
+
+
+def _transition_matrix(data: st.DataObject, k: int) -> torch.Tensor:
+    kind = data.draw(st.sampled_from(["symmetric", "pair", "identity", "random"]), label="T")
+    eps = data.draw(st.floats(0.0, 0.45), label="eps")
+    eye = torch.eye(k, dtype=torch.float64)
+    if kind == "symmetric":
+        return (1 - eps) * eye + eps / (k - 1) * (1 - eye)
+    if kind == "pair":
+        return (1 - eps) * eye + eps * torch.roll(eye, 1, dims=1)
+    if kind == "identity":
+        return eye
+    raw = torch.tensor(data.draw(st.lists(st.floats(0.0, 1.0), min_size=k * k, max_size=k * k)))
+    t = eye * 2.0 + raw.reshape(k, k).double()  # diagonally dominant: invertible
+    return t / t.sum(dim=1, keepdim=True)
+
+
+@given(st.data(), st.integers(1, 32), st.integers(2, 6), st.booleans(), gammas)
+def test_nonnegative_correction(data: st.DataObject, n: int, k: int, ascend: bool, gamma: float) -> None:
+    transition = _transition_matrix(data, k)
+    dtype = data.draw(st.sampled_from(list(DTYPES)), label="dtype")
+    scale = data.draw(st.sampled_from([0.0, 1.0, 10.0, 100.0]), label="scale")
+    logits = (
+        torch.randn(n, k, generator=torch.Generator().manual_seed(data.draw(st.integers(0, 99)))) * scale
+    ).to(dtype)
+    targets = torch.tensor(data.draw(st.lists(st.integers(0, k - 1), min_size=n, max_size=n)))
+    criterion = data.draw(st.sampled_from(["sample", "total"]), label="criterion")
+    condition = NonNegativeCorrection(transition, ascend=ascend, criterion=criterion)  # type: ignore[arg-type]
+    from sigua_optim.losses import backward_corrected_cross_entropy
+
+    losses = backward_corrected_cross_entropy(logits, targets, transition).to(dtype)
+    assert_matches_reference(condition, losses, gamma=gamma, logits=logits, targets=targets)
+
+
+@given(loss_vectors(), st.integers(-2, 70))
+def test_lowest_k_is_a_stable_argsort_prefix(losses: torch.Tensor, k: int) -> None:
+    values = losses.double().tolist()
+    kept = sorted(range(len(values)), key=lambda i: values[i])[: max(k, 0)]
+    assert functional.lowest_k_mask(losses, k).tolist() == [i in kept for i in range(len(values))]
+
+
+@given(noise_rates, epochs, warmups)
+def test_schedules_equal_eq4_and_the_authors_code(eps: float, epoch: float, warmup: float) -> None:
+    assert functional.keep_rate(eps, epoch, warmup, "paper") == reference.keep_rate(eps, epoch, warmup)
+    assert functional.keep_rate(eps, epoch, warmup, "official") == reference.official_keep_rate(
+        eps, epoch, warmup
+    )
+
+
+@given(loss_vectors(), rates(), rates())
+def test_band_masks_match_eq6_at_any_rates(losses: torch.Tensor, rate: float, band: float) -> None:
+    good, bad = functional.band_masks(losses, rate, band)
+    want_good, want_bad = reference.band_selected(losses.double().tolist(), rate, band)
+    assert good.tolist() == want_good
+    assert bad.tolist() == want_bad
+
+
+def test_small_loss_keeps_ties_together_and_one_more_than_the_authors() -> None:
+    losses = torch.tensor([0.5, 0.1, 0.5, 0.9, 0.5, 0.2])
+    condition = SmallLoss(0.5, warmup_epochs=0)
+    # n * rho = 3: 0.1 and 0.2 have 0 and 1 smaller; every 0.5 has 2 smaller, so all three stay.
+    assert condition(losses).good.tolist() == [True, True, True, False, True, True]
+    official = SmallLoss(0.5, warmup_epochs=0, semantics="official")
+    assert official(losses).good.tolist() == [True, True, False, False, False, True]
+
+
+def test_band_is_the_middle_not_the_largest_losses() -> None:
+    losses = torch.arange(10.0)
+    good, bad = BandSelected(0.5, 0.2, warmup_epochs=0)(losses)
+    # n rho = 5 keeps counts 0..5; the band adds counts 6..7; 8 and 9 are ignored.
+    assert good.tolist() == [True] * 6 + [False] * 4
+    assert bad.tolist() == [False] * 6 + [True, True, False, False]
+
+
+def test_eq11_as_printed_never_marks_bad_on_symmetric_noise() -> None:
+    k = 10
+    eye = torch.eye(k, dtype=torch.float64)
+    transition = 0.5 * eye + 0.5 / (k - 1) * (1 - eye)
+    logits = torch.randn(256, k, generator=torch.Generator().manual_seed(0)) * 5
+    targets = torch.randint(0, k, (256,), generator=torch.Generator().manual_seed(1))
+    total = NonNegativeCorrection(transition, criterion="total")(
+        torch.zeros(256), logits=logits, targets=targets
+    )
+    sample = NonNegativeCorrection(transition)(torch.zeros(256), logits=logits, targets=targets)
+    assert not total.bad.any()
+    assert sample.bad.any()
