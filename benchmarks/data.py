@@ -135,9 +135,7 @@ def mnist_dir(flag: str | None) -> Path:
     return Path(value)
 
 
-def load_mnist_split(
-    directory: Path | str, seed: int, n_train: int = 8000, n_test: int = 2000
-) -> Split:
+def load_mnist_split(directory: Path | str, seed: int, n_train: int = 8000, n_test: int = 2000) -> Split:
     """MNIST from IDX files in ``directory``.
 
     With the full MNIST (``train-*`` files present): the 60,000 training and 10,000 test images.

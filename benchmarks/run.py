@@ -1,0 +1,415 @@
+"""Reproduce SIGUA's experiments: ``python -m benchmarks.run [all|set1|set2|fig1] [options]``.
+
+* ``set1``: Standard (``AllGood``), Self-Teach (``SmallLoss``), SIGUA_SL (``BandSelected``);
+  Adam 1e-3, lr decayed linearly to 0 from 40% of the epochs (80 of 200), T_k = 10,
+  gamma 0.01 (0.001 for pair noise).
+* ``set2``: BC (``AllGood``), nnBC / SIGUA_BC (``NonNegativeCorrection(T, ascend=False/True)``)
+  on ``backward_corrected_cross_entropy``; Adam betas (0.9, 0.1), lr / 10 every 10 epochs,
+  gamma 1.0.
+* ``all`` (default): the six methods of set1 and set2.
+* ``fig1``: Figure 1's oracle shift: every sample good until ``--shift`` (default: half the
+  epochs), then ``KnownClean`` (good = truly clean, bad = flipped) with each of ``--gammas``;
+  SGD 0.01 / 0.9, batch 1024, 300 epochs, sym-80. The gammas share the pre-shift training.
+
+Every method trains through the public ``SIGUAOptimizer`` API. Writes ``results.jsonl`` (one
+record per method, noise, seed and epoch), ``table.md`` and ``<experiment>.png`` under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from benchmarks import report
+from benchmarks.data import DataError, Split, load_digits_split, load_mnist_split, mnist_dir
+from benchmarks.models import MODELS
+from sigua_optim import SIGUAOptimizer
+from sigua_optim.conditions import (
+    AllGood,
+    BandSelected,
+    KnownClean,
+    NonNegativeCorrection,
+    SmallLoss,
+)
+from sigua_optim.losses import backward_corrected_cross_entropy
+from sigua_optim.noise import check_transition_matrix, corrupt, estimate_noise_rate, pair, symmetric
+
+SET1 = ("standard", "self-teach", "sigua-sl")
+SET2 = ("bc", "nnbc", "sigua-bc")
+EXPERIMENTS = {"all": SET1 + SET2, "set1": SET1, "set2": SET2, "fig1": ()}
+NOISES = "sym-20, sym-50, pair-45 (any sym-<percent> / pair-<percent>) or a k x k text file"
+# delta of Eq. 6: the authors' end-of-schedule bad-set size, eps * r (NOTES.md item 7).
+PAPER_BANDS = {"sym-20": 0.08, "sym-50": 0.15, "pair-45": 0.31}
+BAND_FACTOR = 0.3  # delta = 0.3 * eps for any other noise
+
+
+Emit = Callable[[str, int, dict[str, Any]], None]
+
+
+class Recorder:
+    """Writes one JSON line per epoch and shows the latest test accuracy on the progress bar."""
+
+    def __init__(self, sink: TextIO, bar: tqdm[Any]) -> None:
+        self.sink, self.bar = sink, bar
+
+    def emitter(self, base: dict[str, Any]) -> Emit:
+        def emit(method: str, epoch: int, metrics: dict[str, Any]) -> None:
+            record = {**base, "method": method, "epoch": epoch, **metrics}
+            self.sink.write(json.dumps(record) + "\n")
+            self.bar.set_postfix_str(
+                f"{method} {base['noise']} seed {base['seed']} test {metrics['test_acc']:.3f}", refresh=False
+            )
+
+        return emit
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line: ``prog: error: message``, exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+@dataclass(frozen=True)
+class Noise:
+    name: str
+    T: torch.Tensor  # float64 k x k
+
+    @property
+    def rate(self) -> float:
+        return estimate_noise_rate(self.T)
+
+
+def parse_noise(spec: str, k: int) -> Noise:
+    """``sym-50`` / ``pair-45`` (percent) or the path of a whitespace-separated k x k matrix."""
+    match = re.fullmatch(r"(sym|pair)-(\d+(?:\.\d+)?)", spec)
+    if match:
+        eps = float(match[2]) / 100
+        if eps >= 1:
+            raise ValueError(f"noise {spec}: the rate must be in [0, 100) percent, e.g. sym-50")
+        return Noise(spec, (symmetric if match[1] == "sym" else pair)(k, eps))
+    path = Path(spec)
+    if not path.is_file():
+        raise ValueError(f"unknown noise {spec!r}: pass {NOISES}")
+    T = check_transition_matrix(torch.from_numpy(np.loadtxt(path, ndmin=2)), name=str(path))
+    if T.shape[0] != k:
+        raise ValueError(f"{path} is {T.shape[0]} x {T.shape[0]}, the data has {k} classes")
+    return Noise(path.stem, T)
+
+
+def _comma_list(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
+    def parse(text: str) -> list[Any]:
+        return [kind(item) for item in text.split(",") if item]
+
+    return parse
+
+
+def _method(name: str) -> str:
+    if name not in SET1 + SET2:
+        raise argparse.ArgumentTypeError(f"unknown method {name!r}: pass some of {SET1 + SET2}")
+    return name
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not in [0, 1): pass a fraction, e.g. 0.5")
+    return value
+
+
+def _gamma(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"gamma {text} is not in [0, 1]: e.g. 0.01")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("experiment", nargs="?", default="all", choices=list(EXPERIMENTS))
+    p.add_argument("--dataset", choices=["digits", "mnist"], default="digits")
+    p.add_argument("--data-dir", help="MNIST IDX folder (default: $SIGUA_MNIST_DIR)")
+    p.add_argument("--noise", type=_comma_list(str), help=f"comma list of {NOISES}; "
+                   "default sym-50 (fig1: sym-80)")  # fmt: skip
+    p.add_argument("--noise-rate", type=_fraction, help="eps given to SmallLoss/BandSelected "
+                   "(default: the true rate of the noise)")  # fmt: skip
+    p.add_argument("--methods", type=_comma_list(_method), help="default: all of the experiment")
+    p.add_argument("--gammas", type=_comma_list(_gamma), default=[0.0, 0.001],
+                   help="fig1: one run per gamma after the shift (default 0,0.001)")  # fmt: skip
+    p.add_argument("--gamma", type=_gamma, help="set1/set2 gamma (default 0.01, 0.001 for pair "
+                   "noise in set1; 1.0 in set2)")  # fmt: skip
+    p.add_argument("--band", type=_fraction, help="SIGUA_SL delta (default: sym-20 0.08, sym-50 "
+                   f"0.15, pair-45 0.31, else {BAND_FACTOR} * eps)")  # fmt: skip
+    p.add_argument("--warmup", type=float, default=10.0, help="T_k of Eq. 4 (default 10)")
+    p.add_argument("--bc-warmup", type=float, default=0.0,
+                   help="epochs of plain BC before nnBC/SIGUA_BC select (default 0, the paper)")  # fmt: skip
+    p.add_argument("--beta2", type=_fraction, default=0.1, help="set2 Adam beta2 (default 0.1)")
+    p.add_argument("--epochs", type=_positive, help="default 200 (fig1: 300)")
+    p.add_argument("--shift", type=_positive, help="fig1: oracle shift epoch (default epochs/2)")
+    p.add_argument("--batch-size", type=_positive, help="default 128 (fig1: 1024)")
+    p.add_argument("--lr", type=float, help="default 1e-3 (fig1: SGD 0.01, momentum 0.9)")
+    p.add_argument("--model", choices=list(MODELS), help="default small-mlp (fig1: deep-mlp)")
+    p.add_argument("--seeds", type=_positive, default=5, help="seeds 0..N-1 (default 5)")
+    p.add_argument("--threads", type=_positive, default=1, help="torch threads (default 1)")
+    p.add_argument("--out", type=Path, default=Path("results"), help="output folder")
+    p.add_argument("--smoke", action="store_true", help="4 epochs, 1 seed: a quick check")
+    return p
+
+
+def resolve(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the per-experiment defaults of the options left unset."""
+    fig1 = args.experiment == "fig1"
+    if args.smoke:
+        args.epochs, args.seeds = args.epochs or 4, 1
+    args.epochs = args.epochs or (300 if fig1 else 200)
+    args.shift = args.shift or max(1, args.epochs // 2)
+    args.batch_size = args.batch_size or (1024 if fig1 else 128)
+    args.model = args.model or ("deep-mlp" if fig1 else "small-mlp")
+    args.noise = args.noise or (["sym-80"] if fig1 else ["sym-50"])
+    args.methods = args.methods or list(EXPERIMENTS[args.experiment])
+    return args
+
+
+def load_split(args: argparse.Namespace, seed: int) -> Split:
+    if args.dataset == "digits":
+        return load_digits_split(seed)
+    return load_mnist_split(mnist_dir(args.data_dir), seed)
+
+
+# -- one run ------------------------------------------------------------------------------------
+@dataclass
+class Task:
+    """What a training run needs besides its model and optimizer."""
+
+    split: Split
+    noisy: torch.Tensor  # noisy train labels
+    clean: torch.Tensor  # bool: noisy == true label
+    T: torch.Tensor | None  # set: train on backward-corrected losses (set2)
+    oracle: bool  # pass clean= to the condition (fig1 after the shift)
+    batch_size: int
+    generator: torch.Generator  # shuffling
+    bar: tqdm[Any]  # progress, one step per epoch
+
+
+def train_epoch(model: nn.Module, opt: SIGUAOptimizer, task: Task) -> torch.Tensor:
+    """One epoch; returns counts [seen, clean seen, good, good & clean, bad, bad & flipped,
+    objective sum, batches] accumulated as a tensor (read once by the caller)."""
+    model.train()
+    x, n = task.split.x_train, len(task.noisy)
+    batch = min(task.batch_size, n)
+    counts = torch.zeros(8)
+    for idx in torch.randperm(n, generator=task.generator)[: n - n % batch].view(-1, batch):
+        logits, y, c = model(x[idx]), task.noisy[idx], task.clean[idx]
+        if task.T is None:
+            losses = F.cross_entropy(logits, y, reduction="none")
+        else:
+            losses = backward_corrected_cross_entropy(logits, y, task.T)
+        inputs: dict[str, torch.Tensor] = {"logits": logits.detach(), "targets": y}
+        if task.oracle:
+            inputs["clean"] = c
+        opt.zero_grad()
+        r = opt.step(losses, **inputs)
+        counts += torch.stack(
+            [
+                torch.tensor(float(batch)),
+                c.sum(),
+                r.good.sum(),
+                (r.good & c).sum(),
+                r.bad.sum(),
+                (r.bad & ~c).sum(),
+                r.objective.float(),
+                torch.tensor(1.0),
+            ]
+        )
+    return counts
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, task: Task, counts: torch.Tensor) -> dict[str, float | None]:
+    """Accuracies (test; train on clean and on flipped labels) and the selections' quality."""
+    model.eval()
+    split, clean = task.split, task.clean
+    test = torch.cat([model(c).argmax(1) for c in split.x_test.split(4096)])
+    train = torch.cat([model(c).argmax(1) for c in split.x_train.split(4096)])
+    seen, n_clean, good, good_clean, bad, bad_flipped, objective, batches = counts.tolist()
+
+    def ratio(a: float, b: float) -> float | None:
+        return a / b if b else None
+
+    def accuracy(hits: torch.Tensor) -> float | None:
+        return ratio(float(hits.sum()), float(hits.numel()))
+
+    return {
+        "test_acc": (test == split.y_test).double().mean().item(),
+        "train_acc_clean": accuracy((train == task.noisy)[clean]),
+        "train_acc_flipped": accuracy((train == task.noisy)[~clean]),
+        "train_acc_flipped_true": accuracy((train == split.y_train)[~clean]),
+        "good_precision": ratio(good_clean, good),
+        "good_recall": ratio(good_clean, n_clean),
+        "bad_precision": ratio(bad_flipped, bad),
+        "bad_recall": ratio(bad_flipped, seen - n_clean),
+        "good_fraction": ratio(good, seen),
+        "bad_fraction": ratio(bad, seen),
+        "objective": ratio(objective, batches),
+    }
+
+
+def train(
+    model: nn.Module,
+    opt: SIGUAOptimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    task: Task,
+    epochs: range,
+    emit: Callable[[int, dict[str, Any]], None],
+) -> None:
+    for epoch in epochs:
+        opt.set_epoch(epoch)
+        lr = opt.param_groups[0]["lr"]
+        metrics = evaluate(model, task, train_epoch(model, opt, task))
+        emit(epoch + 1, {"lr": lr, **metrics})
+        task.bar.update()
+        if scheduler is not None:
+            scheduler.step()
+
+
+# -- experiments --------------------------------------------------------------------------------
+def set_recipe(
+    args: argparse.Namespace, method: str, noise: Noise, model: nn.Module
+) -> tuple[SIGUAOptimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The paper's SET1 / SET2 optimizer, schedule, gamma and condition for ``method``."""
+    lr = args.lr or 1e-3
+    eps = noise.rate if args.noise_rate is None else args.noise_rate
+    band = args.band if args.band is not None else PAPER_BANDS.get(noise.name, BAND_FACTOR * eps)
+    if method in SET1:
+        base: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        decay_from = round(0.4 * args.epochs)
+        scheduler: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.LambdaLR(
+            base, lambda e: min(1.0, (args.epochs - e) / max(1, args.epochs - decay_from))
+        )
+        gamma = args.gamma if args.gamma is not None else (0.001 if "pair" in noise.name else 0.01)
+    else:
+        base = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, args.beta2))
+        scheduler = torch.optim.lr_scheduler.StepLR(base, step_size=10, gamma=0.1)
+        gamma = 1.0 if args.gamma is None else args.gamma
+    conditions = {
+        "standard": AllGood,
+        "self-teach": lambda: SmallLoss(eps, warmup_epochs=args.warmup),
+        "sigua-sl": lambda: BandSelected(eps, band=band, warmup_epochs=args.warmup),
+        "bc": AllGood,
+        "nnbc": lambda: NonNegativeCorrection(noise.T, ascend=False, warmup_epochs=args.bc_warmup),
+        "sigua-bc": lambda: NonNegativeCorrection(noise.T, warmup_epochs=args.bc_warmup),
+    }
+    opt = SIGUAOptimizer(base, condition=conditions[method](), gamma=gamma, nonfinite="skip")
+    return opt, scheduler
+
+
+def run_sets(args: argparse.Namespace, task: Task, noise: Noise, seed: int, emit: Emit) -> None:
+    for method in args.methods:
+        torch.manual_seed(seed)  # the same initial weights for every method
+        model = MODELS[args.model](task.split.num_features, task.split.num_classes)
+        opt, scheduler = set_recipe(args, method, noise, model)
+        task.generator.manual_seed(seed)
+        method_task = replace(task, T=None if method in SET1 else noise.T.float())
+        train(model, opt, scheduler, method_task, range(args.epochs), partial(emit, method))
+
+
+def run_fig1(args: argparse.Namespace, task: Task, noise: Noise, seed: int, emit: Emit) -> None:
+    """All samples good until the shift, then one branch per gamma from the same state."""
+    torch.manual_seed(seed)
+    model = MODELS[args.model](task.split.num_features, task.split.num_classes)
+    base = torch.optim.SGD(model.parameters(), lr=args.lr or 0.01, momentum=0.9)
+    names = [f"gamma={g:g}" for g in args.gammas]
+    task.generator.manual_seed(seed)
+
+    def emit_all(epoch: int, metrics: dict[str, Any]) -> None:
+        for name in names:
+            emit(name, epoch, metrics)
+
+    train(model, SIGUAOptimizer(base, AllGood()), None, task, range(args.shift), emit_all)
+    shuffle_state, oracle_task = task.generator.get_state(), replace(task, oracle=True)
+    for name, gamma in zip(names, args.gammas, strict=True):
+        branch = copy.deepcopy(model)
+        branch_base = torch.optim.SGD(branch.parameters(), lr=args.lr or 0.01, momentum=0.9)
+        branch_base.load_state_dict(base.state_dict())
+        opt = SIGUAOptimizer(branch_base, KnownClean(), gamma=gamma)
+        task.generator.set_state(shuffle_state)
+        epochs = range(args.shift, args.epochs)
+        train(branch, opt, None, oracle_task, epochs, partial(emit, name))
+
+
+def total_epochs(args: argparse.Namespace) -> int:
+    if args.experiment == "fig1":
+        per_seed = args.shift + len(args.gammas) * (args.epochs - args.shift)
+        return args.seeds * len(args.noise) * per_seed
+    return args.seeds * len(args.noise) * len(args.methods) * args.epochs
+
+
+def prepare(args: argparse.Namespace, seed: int) -> tuple[Split, list[Noise]]:
+    split = load_split(args, seed)
+    return split, [parse_noise(spec, split.num_classes) for spec in args.noise]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = resolve(parser.parse_args(argv))
+    if args.experiment == "fig1" and any(m in SET1 + SET2 for m in (args.methods or ())):
+        parser.error("fig1 compares gammas: pass --gammas 0,0.001 instead of --methods")
+    if args.experiment == "fig1" and args.shift >= args.epochs:
+        parser.error(f"--shift {args.shift} must be below --epochs {args.epochs}")
+    try:
+        prepare(args, 0)  # fail fast on a bad data folder or noise
+    except (DataError, ValueError) as exc:
+        parser.error(str(exc))
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = args.out / "results.jsonl"
+    (args.out / "config.json").write_text(json.dumps(vars(args), default=str, indent=1) + "\n")
+    bar = tqdm(total=total_epochs(args), unit="epoch", dynamic_ncols=True, mininterval=2.0)
+    started = time.time()
+    runner = run_fig1 if args.experiment == "fig1" else run_sets
+    with results.open("w") as sink:
+        recorder = Recorder(sink, bar)
+        for seed in range(args.seeds):
+            split, noises = prepare(args, seed)
+            for noise in noises:
+                noisy, clean = corrupt(split.y_train, noise.T, torch.Generator().manual_seed(seed))
+                task = Task(split, noisy, clean, None, False, args.batch_size, torch.Generator(), bar)
+                base = {"experiment": args.experiment, "dataset": args.dataset,
+                        "model": args.model, "noise": noise.name, "seed": seed}  # fmt: skip
+                runner(args, task, noise, seed, recorder.emitter(base))
+    bar.close()
+    records = report.read_records(results)
+    text = "\n\n".join(report.table(records, metric) for metric in report.METRIC_TITLES)
+    (args.out / "table.md").write_text(text + "\n")
+    plot = args.out / f"{args.experiment}.png"
+    report.plot(records, plot, f"{args.experiment} on {args.dataset} ({args.model})")
+    print(text)
+    print(f"\n{time.time() - started:.0f} s. Records: {results}  Table: {args.out / 'table.md'}  "
+          f"Plot: {plot}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
