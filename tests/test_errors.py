@@ -186,7 +186,7 @@ def test_band_negative_or_too_wide(eps: float, band: float, semantics: str) -> N
 def test_negative_warmup_or_epoch() -> None:
     with pytest.raises(ValueError, match="warmup_epochs must be a finite number >= 0"):
         SmallLoss(0.2, warmup_epochs=-1)
-    model, opt, _, _ = trained()
+    _model, opt, _, _ = trained()
     opt.set_epoch(3)
     with pytest.raises(ValueError, match="epoch must be a finite number >= 0"):
         opt.set_epoch(-1)
@@ -212,7 +212,7 @@ def test_settings_spelled_wrong() -> None:
 
 @pytest.mark.parametrize("wrapped", [torch.nn.Linear(2, 2), [torch.zeros(2)], None, "adam"])
 def test_wrapping_something_that_is_not_an_optimizer(wrapped: Any) -> None:
-    with pytest.raises(TypeError, match="optimizer must be a torch.optim.Optimizer"):
+    with pytest.raises(TypeError, match=r"optimizer must be a torch\.optim\.Optimizer"):
         SIGUAOptimizer(wrapped)
 
 

@@ -32,7 +32,7 @@ def batch(n: int = 16, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_is_an_optimizer_sharing_the_wrapped_state() -> None:
-    model, opt = make(base=torch.optim.Adam)
+    _model, opt = make(base=torch.optim.Adam)
     assert isinstance(opt, torch.optim.Optimizer)
     assert opt.param_groups is opt.optimizer.param_groups
     assert opt.state is opt.optimizer.state
@@ -148,12 +148,12 @@ def test_state_dict_round_trip_and_plain_state_dict() -> None:
     saved = copy.deepcopy(opt.state_dict())
     assert saved["sigua"] == {"gamma": 0.05, "epoch": 4.5, "reduction": "paper", "condition": {"epoch": 4.5}}
 
-    model2, opt2 = make(BandSelected(0.5, 0.2), gamma=0.5, base=torch.optim.Adam)
+    _model2, opt2 = make(BandSelected(0.5, 0.2), gamma=0.5, base=torch.optim.Adam)
     opt2.load_state_dict(saved)
     assert opt2.gamma == 0.05 and opt2.epoch == 4.5 and opt2.condition.epoch == 4.5  # type: ignore[attr-defined]
     assert opt2.optimizer.state_dict()["state"][0]["step"] == saved["state"][0]["step"]
 
-    model3, opt3 = make(base=torch.optim.Adam)
+    _model3, opt3 = make(base=torch.optim.Adam)
     opt3.load_state_dict(opt.optimizer.state_dict())  # a plain wrapped-optimizer state dict
     assert opt3.epoch == 0.0 and opt3.gamma == 0.01
     torch.testing.assert_close(
@@ -162,7 +162,7 @@ def test_state_dict_round_trip_and_plain_state_dict() -> None:
 
 
 def test_pickles() -> None:
-    model, opt = make(SmallLoss(0.2), gamma=0.2)
+    _model, opt = make(SmallLoss(0.2), gamma=0.2)
     clone = pickle.loads(pickle.dumps(opt))
     assert clone.gamma == 0.2 and isinstance(clone.condition, SmallLoss)
     assert len(clone.param_groups[0]["params"]) == 4

@@ -51,8 +51,9 @@ class NonNegativeCorrection(Scheduled):
         >>> from sigua_optim.noise import pair
         >>> cond = NonNegativeCorrection(pair(3, 0.45))
         >>> logits = torch.tensor([[4.0, 0.0, 0.0], [0.0, 4.0, 0.0]])
+        >>> # Fitting label 0 this confidently drives the first corrected loss below 0 (-0.66).
         >>> cond(torch.zeros(2), logits=logits, targets=torch.tensor([0, 0])).bad
-        tensor([False,  True])
+        tensor([ True, False])
     """
 
     def __init__(

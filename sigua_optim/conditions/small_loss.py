@@ -55,9 +55,9 @@ class SmallLoss(Scheduled):
 
     Example:
         >>> import torch
-        >>> cond = SmallLoss(noise_rate=0.5, warmup_epochs=0)
-        >>> cond(torch.tensor([0.1, 0.9, 0.4, 2.0])).good
-        tensor([ True, False,  True, False])
+        >>> cond = SmallLoss(noise_rate=0.5, warmup_epochs=0)  # rho = 0.5: n rho = 2.5
+        >>> cond(torch.tensor([0.1, 0.9, 0.4, 2.0, 1.5])).good  # at most 2 smaller losses
+        tensor([ True,  True,  True, False, False])
     """
 
     def __init__(
@@ -104,9 +104,9 @@ class BandSelected(SmallLoss):
 
     Example:
         >>> import torch
-        >>> cond = BandSelected(noise_rate=0.5, band=0.25, warmup_epochs=0)
-        >>> cond(torch.tensor([0.1, 0.9, 0.4, 2.0])).bad
-        tensor([False,  True, False, False])
+        >>> cond = BandSelected(noise_rate=0.5, band=0.2, warmup_epochs=0)  # n (rho + delta) = 3.5
+        >>> cond(torch.tensor([0.1, 0.9, 0.4, 2.0, 1.5])).bad  # not good, at most 3 smaller
+        tensor([False, False, False, False,  True])
     """
 
     def __init__(
