@@ -1,0 +1,193 @@
+"""Tests of the benchmarks: IDX loading, data splits, models, noise parsing and the runner."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks import run
+from benchmarks.data import (
+    IMAGES_MAGIC,
+    LABELS_MAGIC,
+    DataError,
+    load_digits_split,
+    load_idx,
+    load_mnist_split,
+    read_idx,
+)
+from benchmarks.models import MODELS, cnn9, deep_mlp
+from sigua_optim.noise import pair, symmetric
+
+MNIST_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist-t10k"
+
+
+def _idx_bytes(magic: int, data: np.ndarray) -> bytes:
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in data.shape)
+    return header + data.astype(np.uint8).tobytes()
+
+
+def _write_mnist(directory: Path, n: int = 12, compress: bool = True) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(n, 28, 28))
+    labels = np.arange(n) % 10
+    for name, magic, data in [
+        ("t10k-images-idx3-ubyte", IMAGES_MAGIC, images),
+        ("t10k-labels-idx1-ubyte", LABELS_MAGIC, labels),
+    ]:
+        raw = _idx_bytes(magic, data)
+        if compress:
+            (directory / f"{name}.gz").write_bytes(gzip.compress(raw))
+        else:
+            (directory / name).write_bytes(raw)
+    return images
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_load_idx_reads_what_was_written(tmp_path: Path, compress: bool) -> None:
+    images = _write_mnist(tmp_path, compress=compress)
+    x, y = load_idx(tmp_path)
+    assert x.shape == (12, 784) and x.dtype == np.float32
+    np.testing.assert_allclose(x, images.reshape(12, -1) / 255.0, rtol=1e-6)
+    assert y.tolist() == [i % 10 for i in range(12)]
+
+
+def test_truncated_file_is_rejected(tmp_path: Path) -> None:
+    _write_mnist(tmp_path, compress=False)
+    path = tmp_path / "t10k-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-5])
+    with pytest.raises(DataError, match="truncated"):
+        load_idx(tmp_path)
+
+
+def test_truncated_gzip_is_rejected(tmp_path: Path) -> None:
+    _write_mnist(tmp_path)
+    path = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:10])
+    with pytest.raises(DataError, match="cannot read"):
+        load_idx(tmp_path)
+
+
+def test_wrong_magic_and_missing_files(tmp_path: Path) -> None:
+    (tmp_path / "labels").write_bytes(_idx_bytes(IMAGES_MAGIC, np.zeros((1, 2, 2))))
+    with pytest.raises(DataError, match="magic 0x00000803, expected 0x00000801"):
+        read_idx(tmp_path / "labels", LABELS_MAGIC)
+    with pytest.raises(DataError, match=r"no t10k-images-idx3-ubyte\.gz"):
+        load_idx(tmp_path)
+    with pytest.raises(DataError, match="does not exist"):
+        load_idx(tmp_path / "nowhere")
+
+
+def test_label_count_mismatch(tmp_path: Path) -> None:
+    _write_mnist(tmp_path)
+    labels = _idx_bytes(LABELS_MAGIC, np.zeros(5))
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(labels))
+    with pytest.raises(DataError, match="12 t10k images but 5 labels"):
+        load_idx(tmp_path)
+
+
+@pytest.mark.skipif(not MNIST_DIR.is_dir(), reason="../shared/data/mnist-t10k not present")
+def test_real_mnist_t10k() -> None:
+    x, y = load_idx(MNIST_DIR)
+    assert x.shape == (10_000, 784) and sorted(set(y.tolist())) == list(range(10))
+    split = load_mnist_split(MNIST_DIR, seed=0)
+    assert (len(split.y_train), len(split.y_test)) == (8000, 2000)
+    share = torch.bincount(split.y_test) / 2000
+    torch.testing.assert_close(share, torch.from_numpy(np.bincount(y) / 10_000).float(), atol=1e-3, rtol=0)
+
+
+def test_digits_split_is_seeded_stratified_and_scaled() -> None:
+    a, b, c = load_digits_split(0), load_digits_split(0), load_digits_split(1)
+    assert torch.equal(a.x_train, b.x_train) and not torch.equal(a.x_train, c.x_train)
+    assert a.x_train.shape[1] == 64 and len(a.y_train) + len(a.y_test) == 1797
+    assert float(a.x_train.min()) == 0.0 and float(a.x_train.max()) == 1.0
+    assert a.num_classes == 10 and int(torch.bincount(a.y_test).min()) >= 35
+
+
+def test_models_shapes_sizes_and_eval_dropout() -> None:
+    x = torch.rand(4, 784)
+    for make in MODELS.values():
+        assert make(784, 7)(x).shape == (4, 7)
+    assert sum(p.numel() for p in deep_mlp().parameters()) == 1_404_510
+    cnn = cnn9().eval()
+    assert torch.equal(cnn(x), cnn(x))  # dropout off in eval mode
+    with pytest.raises(ValueError, match="side >= 28"):
+        cnn9(64, 10)
+
+
+def test_parse_noise(tmp_path: Path) -> None:
+    assert torch.equal(run.parse_noise("sym-50", 10).T, symmetric(10, 0.5))
+    assert torch.equal(run.parse_noise("pair-45", 10).T, pair(10, 0.45))
+    path = tmp_path / "my-noise.txt"
+    np.savetxt(path, pair(3, 0.3).numpy())
+    noise = run.parse_noise(str(path), 3)
+    assert noise.name == "my-noise" and noise.rate == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="3 x 3, the data has 10 classes"):
+        run.parse_noise(str(path), 10)
+
+
+def _records(out: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def test_smoke_run_writes_records_table_and_plot(tmp_path: Path) -> None:
+    assert run.main(["--smoke", "--out", str(tmp_path)]) == 0
+    records = _records(tmp_path)
+    assert len(records) == 6 * 4  # six methods, four epochs, one seed
+    assert {r["method"] for r in records} == set(run.SET1 + run.SET2)
+    assert all(0.0 <= float(r["test_acc"]) <= 1.0 for r in records)  # type: ignore[arg-type]
+    table = (tmp_path / "table.md").read_text()
+    assert all(f"| {m} |" in table for m in run.SET1 + run.SET2)
+    assert (tmp_path / "all.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((tmp_path / "config.json").read_text())["epochs"] == 4
+
+
+def test_fig1_branches_share_the_pre_shift_and_use_the_oracle(tmp_path: Path) -> None:
+    argv = ["fig1", "--smoke", "--epochs", "4", "--batch-size", "256", "--out", str(tmp_path)]
+    assert run.main(argv) == 0
+    records = _records(tmp_path)
+    by_method: dict[object, list[dict[str, object]]] = {}
+    for r in records:
+        by_method.setdefault(r["method"], []).append(r)
+    stopgrad, sigua = by_method["gamma=0"], by_method["gamma=0.001"]
+    assert [r["test_acc"] for r in stopgrad[:2]] == [r["test_acc"] for r in sigua[:2]]
+    for r in stopgrad[2:] + sigua[2:]:
+        assert r["good_precision"] == 1.0 and r["bad_precision"] == 1.0
+        assert r["good_recall"] == 1.0 and r["bad_recall"] == 1.0
+    assert stopgrad[0]["bad_fraction"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("argv", "hint"),
+    [
+        (["--noise", "sym50"], "sym-20, sym-50, pair-45"),
+        (["--noise", "sym-100"], "[0, 100) percent"),
+        (["--noise-rate", "1.5"], "pass a fraction"),
+        (["--methods", "standard,coteach"], "unknown method 'coteach'"),
+        (["--dataset", "mnist", "--data-dir", "/nonexistent/mnist"], "--data-dir"),
+        (["fig1", "--methods", "standard"], "--gammas"),
+        (["--dataset", "imagenet"], "invalid choice"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(
+    argv: list[str], hint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        run.main([*argv, "--smoke"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and hint in err and "Traceback" not in err
+
+
+def test_truncated_data_dir_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _write_mnist(tmp_path)
+    path = tmp_path / "t10k-images-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes())[:-100]))
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(["--dataset", "mnist", "--data-dir", str(tmp_path), "--smoke"])
+    assert exit_info.value.code == 2
+    assert "truncated" in capsys.readouterr().err
