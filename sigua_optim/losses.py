@@ -16,39 +16,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["backward_corrected_cross_entropy", "check_transition_matrix", "class_losses"]
+from .noise import check_transition_matrix
 
-_ROW_SUM_TOLERANCE = 1e-4
+__all__ = ["backward_corrected_cross_entropy", "class_losses", "invert_transition_matrix"]
+
 _MAX_CONDITION_NUMBER = 1e8
 
 
-def check_transition_matrix(transition_matrix: Tensor) -> tuple[Tensor, Tensor]:
+def invert_transition_matrix(transition_matrix: Tensor) -> tuple[Tensor, Tensor]:
     """Validate a noise transition matrix; return it and its inverse, in float64 on the CPU.
 
-    Raises ValueError unless ``transition_matrix`` is a finite, square k x k matrix (k >= 2) with
-    non-negative entries whose rows sum to 1 and which is invertible.
+    Raises ValueError unless ``transition_matrix`` is a valid transition matrix
+    (:func:`sigua_optim.noise.check_transition_matrix`) that can be inverted.
     """
-    name = "transition_matrix"
-    if not isinstance(transition_matrix, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(transition_matrix).__name__}")
-    t = transition_matrix.detach().to("cpu", torch.float64)
-    if t.ndim != 2 or t.shape[0] != t.shape[1] or t.shape[0] < 2:
-        raise ValueError(f"{name} must be a square k x k matrix with k >= 2, got {tuple(t.shape)}")
-    if not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
-        raise ValueError(f"{name} must have finite, non-negative entries (probabilities)")
-    row_sums = t.sum(dim=1)
-    worst = float((row_sums - 1).abs().max())
-    if worst > _ROW_SUM_TOLERANCE:
-        raise ValueError(
-            f"{name} must be row-stochastic, T[i, j] = p(noisy = j | true = i), rows summing to "
-            f"1; a row sums to {float(row_sums[(row_sums - 1).abs().argmax()]):.6g}. "
-            "If you built p(true | noisy), transpose it."
-        )
+    t = check_transition_matrix(transition_matrix, "transition_matrix").cpu()
     condition_number = float(torch.linalg.cond(t))
     if not condition_number < _MAX_CONDITION_NUMBER:
         raise ValueError(
-            f"{name} is singular (condition number {condition_number:.3g}): backward correction "
-            "needs T^-1. Symmetric noise with eps = (k-1)/k, for one, cannot be inverted."
+            f"transition_matrix is singular (condition number {condition_number:.3g}): backward "
+            "correction needs T^-1. Symmetric noise with eps = (k-1)/k, for one, cannot be inverted."
         )
     return t, torch.linalg.inv(t)
 
@@ -104,7 +90,7 @@ def backward_corrected_cross_entropy(logits: Tensor, targets: Tensor, transition
         >>> backward_corrected_cross_entropy(logits, y, symmetric(3, 0.2)).shape
         torch.Size([4])
     """
-    _, inverse = check_transition_matrix(transition_matrix)
+    _, inverse = invert_transition_matrix(transition_matrix)
     check_logits_targets(logits, targets, inverse.shape[0], "backward_corrected_cross_entropy")
     per_class = class_losses(logits)
     rows = inverse.to(per_class.device, per_class.dtype, non_blocking=True)[targets]

@@ -133,7 +133,7 @@ def test_correction_inputs(inputs: dict[str, Any], match: str) -> None:
     ("matrix", "match"),
     [
         (torch.ones(3, 2) / 2, "square"),
-        (torch.tensor([[0.5, 0.6], [0.5, 0.5]]), "row-stochastic"),
+        (torch.tensor([[0.5, 0.6], [0.5, 0.5]]), "must sum to 1"),
         (torch.tensor([[1.2, -0.2], [0.0, 1.0]]), "non-negative"),
         (torch.full((2, 2), 0.5), "singular"),
         (_symmetric(4, 0.75), "singular"),

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .. import functional
 from ..functional import Criterion
-from ..losses import check_logits_targets, check_transition_matrix, class_losses
+from ..losses import check_logits_targets, class_losses, invert_transition_matrix
 from .base import Scheduled, Selection, check_batch, check_epoch
 
 
@@ -63,7 +63,7 @@ class NonNegativeCorrection(Scheduled):
         criterion: Criterion = "sample",
         warmup_epochs: float = 0,
     ) -> None:
-        self.transition_matrix, self.inverse = check_transition_matrix(transition_matrix)
+        self.transition_matrix, self.inverse = invert_transition_matrix(transition_matrix)
         if criterion not in ("sample", "total"):
             raise ValueError(f"criterion must be 'sample' or 'total' (Eq. 11), got {criterion!r}")
         self.ascend = bool(ascend)
