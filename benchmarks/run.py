@@ -226,7 +226,7 @@ def train_epoch(model: nn.Module, opt: SIGUAOptimizer, task: Task) -> torch.Tens
             losses = F.cross_entropy(logits, y, reduction="none")
         else:
             losses = backward_corrected_cross_entropy(logits, y, task.T)
-        inputs: dict[str, torch.Tensor] = {"logits": logits.detach(), "targets": y}
+        inputs: dict[str, Any] = {"logits": logits.detach(), "targets": y}
         if task.oracle:
             inputs["clean"] = c
         opt.zero_grad()
@@ -251,8 +251,8 @@ def evaluate(model: nn.Module, task: Task, counts: torch.Tensor) -> dict[str, fl
     """Accuracies (test; train on clean and on flipped labels) and the selections' quality."""
     model.eval()
     split, clean = task.split, task.clean
-    test = torch.cat([model(c).argmax(1) for c in split.x_test.split(4096)])
-    train = torch.cat([model(c).argmax(1) for c in split.x_train.split(4096)])
+    test = torch.cat([model(c).argmax(1) for c in torch.split(split.x_test, 4096)])
+    train = torch.cat([model(c).argmax(1) for c in torch.split(split.x_train, 4096)])
     seen, n_clean, good, good_clean, bad, bad_flipped, objective, batches = counts.tolist()
 
     def ratio(a: float, b: float) -> float | None:
@@ -313,7 +313,7 @@ def set_recipe(
         base = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, args.beta2))
         scheduler = torch.optim.lr_scheduler.StepLR(base, step_size=10, gamma=0.1)
         gamma = 1.0 if args.gamma is None else args.gamma
-    conditions = {
+    conditions: dict[str, Callable[[], Callable[..., Any]]] = {
         "standard": AllGood,
         "self-teach": lambda: SmallLoss(eps, warmup_epochs=args.warmup),
         "sigua-sl": lambda: BandSelected(eps, band=band, warmup_epochs=args.warmup),
@@ -360,10 +360,10 @@ def run_fig1(args: argparse.Namespace, task: Task, noise: Noise, seed: int, emit
 
 
 def total_epochs(args: argparse.Namespace) -> int:
+    epochs, shift, runs = int(args.epochs), int(args.shift), int(args.seeds) * len(args.noise)
     if args.experiment == "fig1":
-        per_seed = args.shift + len(args.gammas) * (args.epochs - args.shift)
-        return args.seeds * len(args.noise) * per_seed
-    return args.seeds * len(args.noise) * len(args.methods) * args.epochs
+        return runs * (shift + len(args.gammas) * (epochs - shift))
+    return runs * len(args.methods) * epochs
 
 
 def prepare(args: argparse.Namespace, seed: int) -> tuple[Split, list[Noise]]:
