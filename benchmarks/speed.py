@@ -1,0 +1,256 @@
+"""Speed and memory of SIGUA's selection, reduction and step, side by side in one run.
+
+``python -m benchmarks.speed [--sizes 128,1024,...] [--quick] [--out results/speed.json]``
+
+1. Selection + reduction (forward: masks and the objective of Eq. 3) against n, for SmallLoss,
+   BandSelected and NonNegativeCorrection: ours eager and ``torch.compile``d, against the literal
+   pairwise count of Eq. 5 (up to 16k), the authors' approach (argsort on the host, index
+   gather, per-group means), a ``torch.topk`` selection, and the floors on the same tensor: one
+   single-k ``numpy.partition``, one ``torch.kthvalue``, one ``losses.sum()``.
+2. Step overhead: ``SIGUAOptimizer.step(losses)`` against ``loss.mean().backward();
+   optimizer.step()`` on the Figure-1 deep MLP and the 9-layer CNN at batch 128, same data.
+3. Peak extra memory of selection + reduction against n, each in a fresh process.
+
+Every timing is a median over repeats in which the contenders take turns (interleaved), after a
+warm-up. Tables are printed; all numbers go to a JSON file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from benchmarks.models import cnn9, deep_mlp
+from sigua_optim import SIGUAOptimizer, functional
+from sigua_optim.conditions import BandSelected, NonNegativeCorrection, SmallLoss
+from sigua_optim.noise import symmetric
+
+SIZES = (128, 1024, 16_384, 262_144, 1_048_576, 4_194_304)
+EPS, BAND, GAMMA, K = 0.5, 0.15, 0.01, 10
+PAIRWISE_LIMIT = 16_384
+
+
+def interleaved(contenders: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Median seconds per call of each contender, taking turns, after one warm-up call each."""
+    for fn in contenders.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def repeats_for(n: int) -> int:
+    return max(5, min(200, 4_000_000 // max(n, 1)))
+
+
+# -- 1. selection + reduction -------------------------------------------------------------------
+def ours(condition: Any) -> Callable[..., torch.Tensor]:
+    def run(losses: torch.Tensor, **inputs: Any) -> torch.Tensor:
+        good, bad = condition(losses.detach(), **inputs)
+        return functional.sigua_objective(losses, good, bad, GAMMA)
+
+    return run
+
+
+def pairwise(losses: torch.Tensor, band: float) -> torch.Tensor:
+    """Eq. 5-6 as written: an n x n comparison matrix."""
+    n = losses.shape[0]
+    counts = (losses[:, None] > losses[None, :]).sum(dim=1)
+    good = counts <= n * (1 - EPS)
+    bad = ~good & (counts <= n * (1 - EPS) + n * band)
+    return functional.sigua_objective(losses, good, bad, GAMMA)
+
+
+def authors(losses: torch.Tensor, band: float) -> torch.Tensor:
+    """The authors' approach: argsort on the host, gather, group means."""
+    n = losses.shape[0]
+    order = torch.from_numpy(np.argsort(losses.detach().cpu().numpy(), kind="quicksort"))
+    n_good = int(n * (1 - EPS))
+    n_bad = int(n * band)
+    objective = losses[order[:n_good]].mean()
+    if n_bad:
+        objective = objective - GAMMA * losses[order[n_good : n_good + n_bad]].mean()
+    return objective
+
+
+def topk(losses: torch.Tensor, band: float) -> torch.Tensor:
+    """Thresholds from one ``torch.topk`` of the smallest losses."""
+    n = losses.shape[0]
+    m_good, m_bad = math.floor(n * (1 - EPS)), math.floor(n * (1 - EPS) + n * band)
+    smallest = torch.topk(losses.detach(), min(m_bad + 1, n), largest=False, sorted=True).values
+    good = losses.detach() <= smallest[min(m_good, n - 1)]
+    bad = ~good & (losses.detach() <= smallest[-1])
+    return functional.sigua_objective(losses, good, bad, GAMMA)
+
+
+def selection_table(sizes: list[int], compile_too: bool) -> list[dict[str, Any]]:
+    rows = []
+    transition = symmetric(K, EPS)
+    for n in sizes:
+        generator = torch.Generator().manual_seed(n)
+        losses = torch.rand(n, generator=generator).requires_grad_(True)
+        logits = torch.randn(n, K, generator=generator)
+        targets = torch.randint(0, K, (n,), generator=generator)
+        array = losses.detach().numpy()
+        k = math.floor(n * (1 - EPS)) + 1
+        for name, condition, band in (
+            ("SmallLoss", SmallLoss(EPS, warmup_epochs=0), 0.0),
+            ("BandSelected", BandSelected(EPS, BAND, warmup_epochs=0), BAND),
+            ("NonNegativeCorrection", NonNegativeCorrection(transition), 0.0),
+        ):
+            inputs = {"logits": logits, "targets": targets} if name == "NonNegativeCorrection" else {}
+            fn = ours(condition)
+            contenders: dict[str, Callable[[], Any]] = {"ours": partial(fn, losses, **inputs)}
+            if compile_too:
+                compiled = torch.compile(fn, fullgraph=True, dynamic=False)
+                contenders["ours compiled"] = partial(compiled, losses, **inputs)
+            if name != "NonNegativeCorrection":
+                if n <= PAIRWISE_LIMIT:
+                    contenders["pairwise Eq. 5"] = partial(pairwise, losses, band)
+                contenders["authors"] = partial(authors, losses, band)
+                contenders["topk"] = partial(topk, losses, band)
+            contenders["floor np.partition"] = partial(np.partition, array, k - 1)
+            contenders["floor kthvalue"] = partial(torch.kthvalue, losses.detach(), k)
+            contenders["floor sum"] = losses.detach().sum
+            times = interleaved(contenders, repeats_for(n))
+            rows.append({"condition": name, "n": n, "ms": {c: t * 1e3 for c, t in times.items()}})
+            print_selection_row(rows[-1])
+    return rows
+
+
+def print_selection_row(row: dict[str, Any]) -> None:
+    ms = row["ms"]
+    partition = ms["floor np.partition"]
+    cells = ", ".join(f"{name} {value:.3f}" for name, value in ms.items())
+    ratio = ms["ours"] / partition
+    vs_authors = f", authors/ours {ms['authors'] / ms['ours']:.2f}x" if "authors" in ms else ""
+    print(f"{row['condition']:>22} n={row['n']:>8}: {cells} ms | ours/np.partition {ratio:.2f}x{vs_authors}")
+
+
+# -- 2. step overhead ----------------------------------------------------------------------------
+def _plain_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+
+
+def _sigua_step(model: torch.nn.Module, opt: SIGUAOptimizer, x: torch.Tensor, y: torch.Tensor) -> None:
+    opt.zero_grad()
+    opt.step(F.cross_entropy(model(x), y, reduction="none"))
+
+
+def step_overhead(repeats: dict[str, int]) -> list[dict[str, Any]]:
+    rows = []
+    for name, build in (("deep MLP (Fig. 1)", deep_mlp), ("9-layer CNN", cnn9)):
+        if not repeats.get(name):
+            continue
+        torch.manual_seed(0)
+        plain_model = build()
+        sigua_model = build()
+        sigua_model.load_state_dict(plain_model.state_dict())
+        plain = torch.optim.SGD(plain_model.parameters(), lr=0.01, momentum=0.9)
+        sigua = SIGUAOptimizer(
+            torch.optim.SGD(sigua_model.parameters(), lr=0.01, momentum=0.9),
+            BandSelected(EPS, BAND, warmup_epochs=0),
+            GAMMA,
+        )
+        generator = torch.Generator().manual_seed(1)
+        x, y = torch.rand(128, 784, generator=generator), torch.randint(0, 10, (128,), generator=generator)
+
+        plain_step = partial(_plain_step, plain_model, plain, x, y)
+        sigua_step = partial(_sigua_step, sigua_model, sigua, x, y)
+        times = interleaved({"plain": plain_step, "SIGUA": sigua_step}, repeats[name])
+        row = {
+            "model": name,
+            "ms": {k: v * 1e3 for k, v in times.items()},
+            "ratio": times["SIGUA"] / times["plain"],
+        }
+        print(
+            f"{name:>18}: plain {row['ms']['plain']:.2f} ms, SIGUA {row['ms']['SIGUA']:.2f} ms, "
+            f"ratio {row['ratio']:.3f}"
+        )
+        rows.append(row)
+    return rows
+
+
+# -- 3. peak memory ------------------------------------------------------------------------------
+def _peak_probe(name: str, n: int, queue: Any) -> None:
+    torch.set_num_threads(1)
+    losses = torch.rand(n).requires_grad_(True)
+    condition = (
+        BandSelected(EPS, BAND, warmup_epochs=0)
+        if name == "BandSelected"
+        else SmallLoss(EPS, warmup_epochs=0)
+    )
+    ours(condition)(torch.rand(64).requires_grad_(True))  # warm up every code path
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    ours(condition)(losses)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    queue.put((after - before) * 1024)
+
+
+def peak_memory(sizes: list[int]) -> list[dict[str, Any]]:
+    rows = []
+    context = multiprocessing.get_context("spawn")
+    for name in ("SmallLoss", "BandSelected"):
+        for n in sizes:
+            queue = context.Queue()
+            process = context.Process(target=_peak_probe, args=(name, n, queue))
+            process.start()
+            extra = queue.get()
+            process.join()
+            rows.append({"condition": name, "n": n, "extra_bytes": extra, "bytes_per_sample": extra / n})
+            print(f"{name:>14} n={n:>8}: peak extra {extra / 2**20:7.2f} MiB = {extra / n:5.1f} bytes/sample")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], default=list(SIZES))
+    parser.add_argument("--quick", action="store_true", help="small sizes, no compile, no CNN: a smoke run")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd contender")
+    parser.add_argument("--out", type=Path, default=Path("results/speed.json"))
+    args = parser.parse_args(argv)
+    sizes = [128, 1024] if args.quick else args.sizes
+    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
+    print(f"torch {torch.__version__}, numpy {np.__version__}, {machine}")
+    print("\n1. selection + reduction, median ms")
+    selection = selection_table(sizes, compile_too=not (args.quick or args.no_compile))
+    print("\n2. step overhead at batch 128, median ms per step")
+    overhead = step_overhead(
+        {"deep MLP (Fig. 1)": 5 if args.quick else 60, "9-layer CNN": 0 if args.quick else 5}
+    )
+    print("\n3. peak extra memory of selection + reduction (fresh process each)")
+    memory = peak_memory(sizes)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "machine": machine,
+        "torch": torch.__version__,
+        "selection": selection,
+        "step": overhead,
+        "memory": memory,
+    }
+    args.out.write_text(json.dumps(record, indent=1))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
