@@ -202,11 +202,13 @@ def sigua_weights(
     n_{bad}` (an empty group weighs nothing). A sample marked both good and bad counts as good,
     as in Algorithm 1's ``if / else if``.
     """
-    bad = bad & ~good
+    bad = bad > good  # bad and not good, in one pass
     if reduction == "paper":
         n = good.shape[0]
-        return good.to(dtype) * (1.0 / n) - bad.to(dtype) * (gamma / n)
-    return good.to(dtype) / good.sum().clamp_min(1) - bad.to(dtype) * gamma / bad.sum().clamp_min(1)
+        weights = good.to(dtype).mul_(1.0 / n)
+        return weights.sub_(bad.to(dtype), alpha=gamma / n)
+    weights = good.to(dtype).div_(good.sum().clamp_min(1))
+    return weights.sub_(bad.to(dtype).div_(bad.sum().clamp_min(1)), alpha=gamma)
 
 
 def sigua_objective(

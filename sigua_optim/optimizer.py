@@ -46,6 +46,18 @@ def _check_gamma(gamma: float) -> float:
     return float(gamma)
 
 
+def _check_selection(selection: Any, losses: Tensor, condition: Any) -> None:
+    """A condition must return Selection(good, bad): bool tensors shaped like the losses."""
+    masks = tuple(selection) if isinstance(selection, tuple) else ()
+    if len(masks) != 2 or not all(
+        isinstance(m, Tensor) and m.dtype == torch.bool and m.shape == losses.shape for m in masks
+    ):
+        raise TypeError(
+            f"condition {condition!r} must return Selection(good, bad), two bool tensors of shape "
+            f"{tuple(losses.shape)}; got {selection!r:.200}"
+        )
+
+
 class SIGUAOptimizer(Optimizer):
     r"""SIGUA (Han et al., ICML 2020) around any optimizer: descend on good, ascend on bad data.
 
@@ -236,6 +248,7 @@ class SIGUAOptimizer(Optimizer):
         if condition is not self.condition:
             self._follow_epoch(condition)
         selection = condition(losses.detach(), **inputs)
+        _check_selection(selection, losses, condition)
         objective = functional.sigua_objective(
             losses, selection.good, selection.bad, self.gamma, self.reduction
         )

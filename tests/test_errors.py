@@ -221,3 +221,16 @@ def test_wrapping_a_sigua_optimizer_twice() -> None:
     once = SIGUAOptimizer(torch.optim.SGD(model.parameters(), lr=0.1))
     with pytest.raises(TypeError, match="already a SIGUAOptimizer: wrap the base optimizer once"):
         SIGUAOptimizer(once)
+
+
+@pytest.mark.parametrize(
+    "returned",
+    [torch.ones(6), (torch.ones(6), torch.zeros(6)), (torch.ones(5, dtype=torch.bool),) * 2, None],
+)
+def test_user_condition_returning_something_else(returned: Any) -> None:
+    def call(m: Any, o: SIGUAOptimizer, x: Any, y: Any) -> None:
+        o.step(losses_of(m, x, y), condition=lambda losses, **_: returned)
+
+    assert_rejected(
+        TypeError, "must return Selection\\(good, bad\\), two bool tensors of shape \\(6,\\)", call
+    )
