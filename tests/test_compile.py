@@ -7,12 +7,7 @@ import torch
 
 from sigua_optim import functional
 from sigua_optim.conditions import BandSelected, NonNegativeCorrection, SmallLoss
-
-
-def _symmetric(k: int, eps: float) -> torch.Tensor:
-    eye = torch.eye(k, dtype=torch.float64)
-    return (1 - eps) * eye + eps / (k - 1) * (1 - eye)
-
+from sigua_optim.noise import symmetric
 
 CONDITIONS = {
     "small-loss": SmallLoss(0.4, warmup_epochs=0),
@@ -41,7 +36,7 @@ def test_selection_and_reduction_compile_fullgraph(name: str, reduction: str) ->
 
 
 def test_nonnegative_correction_compiles_fullgraph() -> None:
-    inverse = torch.linalg.inv(_symmetric(4, 0.3))
+    inverse = torch.linalg.inv(symmetric(4, 0.3))
     logits = torch.randn(16, 4, generator=torch.Generator().manual_seed(0)) * 4
     targets = torch.randint(0, 4, (16,), generator=torch.Generator().manual_seed(1))
     from sigua_optim.losses import class_losses
@@ -52,6 +47,6 @@ def test_nonnegative_correction_compiles_fullgraph() -> None:
     compiled = torch.compile(select, fullgraph=True)
     for got, want in zip(compiled(logits, targets), select(logits, targets), strict=True):
         assert torch.equal(got, want)
-    assert NonNegativeCorrection(_symmetric(4, 0.3))(
+    assert NonNegativeCorrection(symmetric(4, 0.3))(
         torch.zeros(16), logits=logits, targets=targets
     ).good.equal(select(logits, targets)[0])

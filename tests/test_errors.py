@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from sigua_optim import SIGUAOptimizer
 from sigua_optim.conditions import BandSelected, KnownClean, NonNegativeCorrection, SmallLoss
 from sigua_optim.losses import backward_corrected_cross_entropy
+from sigua_optim.noise import symmetric
 
 K = 3
 
@@ -100,11 +101,6 @@ def test_clean_missing_or_wrong(clean: torch.Tensor | None, match: str) -> None:
     assert_rejected((ValueError, TypeError), match, call)  # type: ignore[arg-type]
 
 
-def _symmetric(k: int, eps: float) -> torch.Tensor:
-    eye = torch.eye(k, dtype=torch.float64)
-    return (1 - eps) * eye + eps / (k - 1) * (1 - eye)
-
-
 @pytest.mark.parametrize(
     ("inputs", "match"),
     [
@@ -124,7 +120,7 @@ def _symmetric(k: int, eps: float) -> torch.Tensor:
 def test_correction_inputs(inputs: dict[str, Any], match: str) -> None:
     def call(m: Any, o: SIGUAOptimizer, x: Any, y: Any) -> None:
         named = {k: ((m(x) if k == "logits" else y) if v is True else v) for k, v in inputs.items()}
-        o.step(losses_of(m, x, y), condition=NonNegativeCorrection(_symmetric(K, 0.2)), **named)
+        o.step(losses_of(m, x, y), condition=NonNegativeCorrection(symmetric(K, 0.2)), **named)
 
     assert_rejected(ValueError, match, call)
 
@@ -136,7 +132,7 @@ def test_correction_inputs(inputs: dict[str, Any], match: str) -> None:
         (torch.tensor([[0.5, 0.6], [0.5, 0.5]]), "must sum to 1"),
         (torch.tensor([[1.2, -0.2], [0.0, 1.0]]), "non-negative"),
         (torch.full((2, 2), 0.5), "singular"),
-        (_symmetric(4, 0.75), "singular"),
+        (symmetric(4, 0.75), "singular"),
         (torch.tensor([[float("nan"), 1.0], [0.0, 1.0]]), "finite"),
     ],
 )
@@ -152,7 +148,7 @@ def test_transition_matrix(matrix: torch.Tensor, match: str) -> None:
 def test_transition_matrix_of_the_wrong_size_for_the_logits() -> None:
     with pytest.raises(ValueError, match="shape \\[batch, 4\\]"):
         backward_corrected_cross_entropy(
-            torch.randn(2, 3), torch.zeros(2, dtype=torch.long), _symmetric(4, 0.2)
+            torch.randn(2, 3), torch.zeros(2, dtype=torch.long), symmetric(4, 0.2)
         )
 
 
@@ -205,7 +201,7 @@ def test_settings_spelled_wrong() -> None:
     with pytest.raises(ValueError, match="semantics must be"):
         SmallLoss(0.2, semantics="authors")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="criterion must be"):
-        NonNegativeCorrection(_symmetric(3, 0.2), criterion="mean")  # type: ignore[arg-type]
+        NonNegativeCorrection(symmetric(3, 0.2), criterion="mean")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="condition must be callable"):
         SIGUAOptimizer(base, condition=0.5)  # type: ignore[arg-type]
 

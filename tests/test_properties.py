@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from sigua_optim import functional, reference
 from sigua_optim.conditions import AllGood, BandSelected, KnownClean, NonNegativeCorrection, SmallLoss
+from sigua_optim.noise import pair, symmetric
 from sigua_optim.testing import DTYPES, assert_matches_reference, loss_vectors, rates
 
 noise_rates = st.one_of(st.sampled_from([0.0, 0.5, 0.999]), st.floats(0.0, 0.999))
@@ -62,9 +63,9 @@ def _transition_matrix(data: st.DataObject, k: int) -> torch.Tensor:
     eps = data.draw(st.floats(0.0, 0.45), label="eps")
     eye = torch.eye(k, dtype=torch.float64)
     if kind == "symmetric":
-        return (1 - eps) * eye + eps / (k - 1) * (1 - eye)
+        return symmetric(k, eps)
     if kind == "pair":
-        return (1 - eps) * eye + eps * torch.roll(eye, 1, dims=1)
+        return pair(k, eps)
     if kind == "identity":
         return eye
     raw = torch.tensor(data.draw(st.lists(st.floats(0.0, 1.0), min_size=k * k, max_size=k * k)))
@@ -131,8 +132,7 @@ def test_band_is_the_middle_not_the_largest_losses() -> None:
 
 def test_eq11_as_printed_never_marks_bad_on_symmetric_noise() -> None:
     k = 10
-    eye = torch.eye(k, dtype=torch.float64)
-    transition = 0.5 * eye + 0.5 / (k - 1) * (1 - eye)
+    transition = symmetric(k, 0.5)
     logits = torch.randn(256, k, generator=torch.Generator().manual_seed(0)) * 5
     targets = torch.randint(0, k, (256,), generator=torch.Generator().manual_seed(1))
     total = NonNegativeCorrection(transition, criterion="total")(
