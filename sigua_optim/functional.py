@@ -123,7 +123,7 @@ def band_masks(losses: Tensor, rate: float, band: float) -> tuple[Tensor, Tensor
     """
     n = losses.shape[0]
     good, within = _rank_at_most(losses, (math.floor(n * rate), math.floor(n * rate + n * band)))
-    return good, within & ~good
+    return good, within > good  # within the band and not good
 
 
 def lowest_k_mask(losses: Tensor, k: int) -> Tensor:
@@ -162,7 +162,7 @@ def official_band_masks(losses: Tensor, rate: float, bad_fraction: float) -> tup
     n_good = math.floor(n * rate)
     n_bad = max(math.floor((n - n_good) * bad_fraction), 1)
     good = lowest_k_mask(losses, n_good)
-    return good, lowest_k_mask(losses, n_good + n_bad) & ~good
+    return good, lowest_k_mask(losses, n_good + n_bad) > good
 
 
 def nonnegative_masks(

@@ -49,8 +49,9 @@ def loss_vectors(
 
     Each draw picks a dtype and one of: losses from a handful of values (many ties), all
     equal, free floats (rounded to the dtype, so ties appear there too), or extremes (0, the
-    smallest normal, the largest finite value; for float64 1e300, so that the reference loop's
-    own float64 sums do not overflow).
+    smallest normal, and the largest finite value divided by ``2 * max_size``: at the very
+    largest value a sum of a few losses overflows, in the reference loop's float64 as in
+    PyTorch's own ``mean()``).
     """
     dtype = draw(st.sampled_from(list(dtypes)))
     info = torch.finfo(dtype)
@@ -65,7 +66,7 @@ def loss_vectors(
     elif kind == "free":
         values = draw(st.lists(free, min_size=n, max_size=n))
     else:
-        largest = min(float(info.max), 1e300)
+        largest = float(info.max) / (2 * max_size)
         extremes = st.sampled_from([0.0, float(info.smallest_normal), largest, 1.0])
         values = draw(st.lists(extremes, min_size=n, max_size=n))
     return torch.tensor(values, dtype=torch.float64).to(dtype)
