@@ -19,7 +19,7 @@ Both return an element of the input, so the comparisons that follow are exact in
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -57,23 +57,33 @@ def keep_rate(noise_rate: float, epoch: float, warmup_epochs: float, semantics: 
     return 1.0 - noise_rate * progress
 
 
-def _kth_smallest(losses: Tensor, ks: list[int]) -> list[Tensor | float]:
-    """The k-th smallest entries of a 1-D tensor, for each k of ``ks`` (ascending, in ``[1, n]``).
+def _host_array(losses: Tensor) -> np.ndarray[Any, Any] | None:
+    """The losses as a numpy array when they live on the CPU outside ``torch.compile``.
 
-    CPU, eager: ``numpy.partition`` at the largest k, then each smaller k within the part left of
-    the previous one (one partition with several kth is many times slower). Elsewhere:
-    ``torch.kthvalue``, which keeps the values on the device.
+    Zero-copy; half types are widened to float32, which is exact. numpy's selection and
+    comparisons are the fastest there (a bool-valued torch comparison is several times slower).
     """
     detached = losses.detach()
     if detached.device.type != "cpu" or torch.compiler.is_compiling():
-        return [torch.kthvalue(detached, k).values for k in ks]
+        return None
     if detached.dtype in (torch.float16, torch.bfloat16):
         detached = detached.float()
-    part = detached.numpy()
+    return detached.numpy()
+
+
+def _kth_smallest(losses: Tensor, array: np.ndarray[Any, Any] | None, ks: list[int]) -> list[Tensor | float]:
+    """The k-th smallest losses, for each k of ``ks`` (ascending, each in ``[1, n]``).
+
+    On the host: ``numpy.partition`` at the largest k, then each smaller k within the part left
+    of the previous one (one partition with several kth is many times slower). On a device:
+    ``torch.kthvalue``, which keeps the values there.
+    """
+    if array is None:
+        return [torch.kthvalue(losses.detach(), k).values for k in ks]
     values: list[Tensor | float] = []
     for k in reversed(ks):
-        part = np.partition(part, k - 1)[:k]
-        values.insert(0, float(part[-1]))
+        array = np.partition(array, k - 1)[:k]
+        values.insert(0, float(array[-1]))
     return values
 
 
@@ -81,12 +91,15 @@ def _rank_at_most(losses: Tensor, bounds: tuple[int, ...]) -> list[Tensor]:
     """For each bound m, the mask of ``#{j : l_j < l_i} <= m``: ``l_i <=`` the (m+1)-th smallest."""
     n = losses.shape[0]
     ks = sorted({m + 1 for m in bounds if 0 <= m < n})
-    kth = dict(zip(ks, _kth_smallest(losses, ks), strict=True))
+    array = _host_array(losses)
+    kth = dict(zip(ks, _kth_smallest(losses, array, ks), strict=True))
     detached = losses.detach()
     masks = []
     for m in bounds:
         if m >= n or m < 0:
             masks.append(torch.full_like(detached, m >= n, dtype=torch.bool))
+        elif array is not None:
+            masks.append(torch.from_numpy(array <= kth[m + 1]))
         else:
             masks.append(detached <= kth[m + 1])
     return masks
@@ -137,7 +150,7 @@ def lowest_k_mask(losses: Tensor, k: int) -> Tensor:
         return torch.ones_like(losses, dtype=torch.bool)
     if k <= 0:
         return torch.zeros_like(losses, dtype=torch.bool)
-    (threshold,) = _kth_smallest(losses, [k])
+    (threshold,) = _kth_smallest(losses, _host_array(losses), [k])
     detached = losses.detach()
     below = detached < threshold
     tied = detached == threshold
@@ -203,12 +216,13 @@ def sigua_weights(
     as in Algorithm 1's ``if / else if``.
     """
     bad = bad > good  # bad and not good, in one pass
+    # Through uint8: a bool -> float conversion is several times slower on the CPU.
+    good_01, bad_01 = good.view(torch.uint8).to(dtype), bad.view(torch.uint8).to(dtype)
     if reduction == "paper":
         n = good.shape[0]
-        weights = good.to(dtype).mul_(1.0 / n)
-        return weights.sub_(bad.to(dtype), alpha=gamma / n)
-    weights = good.to(dtype).div_(good.sum().clamp_min(1))
-    return weights.sub_(bad.to(dtype).div_(bad.sum().clamp_min(1)), alpha=gamma)
+        return good_01.mul_(1.0 / n).sub_(bad_01, alpha=gamma / n)
+    good_01.div_(good.sum().clamp_min(1))
+    return good_01.sub_(bad_01.div_(bad.sum().clamp_min(1)), alpha=gamma)
 
 
 def sigua_objective(
