@@ -44,15 +44,25 @@ EPS, BAND, GAMMA, K = 0.5, 0.15, 0.01, 10
 PAIRWISE_LIMIT = 16_384
 
 
+def _synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def interleaved(contenders: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
-    """Median seconds per call of each contender, taking turns, after one warm-up call each."""
+    """Median seconds per call of each contender, taking turns, after one warm-up call each.
+
+    Each call is timed to the end of its GPU work (a device synchronisation when CUDA is there).
+    """
     for fn in contenders.values():
         fn()
     times: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(repeats):
         for name, fn in contenders.items():
+            _synchronize()
             start = time.perf_counter()
             fn()
+            _synchronize()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
@@ -101,15 +111,14 @@ def topk(losses: torch.Tensor, band: float) -> torch.Tensor:
     return functional.sigua_objective(losses, good, bad, GAMMA)
 
 
-def selection_table(sizes: list[int], compile_too: bool) -> list[dict[str, Any]]:
+def selection_table(sizes: list[int], compile_too: bool, device: str) -> list[dict[str, Any]]:
     rows = []
     transition = symmetric(K, EPS)
     for n in sizes:
         generator = torch.Generator().manual_seed(n)
-        losses = torch.rand(n, generator=generator).requires_grad_(True)
-        logits = torch.randn(n, K, generator=generator)
-        targets = torch.randint(0, K, (n,), generator=generator)
-        array = losses.detach().numpy()
+        losses = torch.rand(n, generator=generator).to(device).requires_grad_(True)
+        logits = torch.randn(n, K, generator=generator).to(device)
+        targets = torch.randint(0, K, (n,), generator=generator).to(device)
         k = math.floor(n * (1 - EPS)) + 1
         for name, condition, band in (
             ("SmallLoss", SmallLoss(EPS, warmup_epochs=0), 0.0),
@@ -127,22 +136,26 @@ def selection_table(sizes: list[int], compile_too: bool) -> list[dict[str, Any]]
                     contenders["pairwise Eq. 5"] = partial(pairwise, losses, band)
                 contenders["authors"] = partial(authors, losses, band)
                 contenders["topk"] = partial(topk, losses, band)
-            contenders["floor np.partition"] = partial(np.partition, array, k - 1)
+            if device == "cpu":
+                contenders["floor np.partition"] = partial(np.partition, losses.detach().numpy(), k - 1)
             contenders["floor kthvalue"] = partial(torch.kthvalue, losses.detach(), k)
             contenders["floor sum"] = losses.detach().sum
             times = interleaved(contenders, repeats_for(n))
-            rows.append({"condition": name, "n": n, "ms": {c: t * 1e3 for c, t in times.items()}})
+            rows.append(
+                {"device": device, "condition": name, "n": n, "ms": {c: t * 1e3 for c, t in times.items()}}
+            )
             print_selection_row(rows[-1])
     return rows
 
 
 def print_selection_row(row: dict[str, Any]) -> None:
     ms = row["ms"]
-    partition = ms["floor np.partition"]
+    floor = "floor np.partition" if "floor np.partition" in ms else "floor kthvalue"
     cells = ", ".join(f"{name} {value:.3f}" for name, value in ms.items())
-    ratio = ms["ours"] / partition
-    vs_authors = f", authors/ours {ms['authors'] / ms['ours']:.2f}x" if "authors" in ms else ""
-    print(f"{row['condition']:>22} n={row['n']:>8}: {cells} ms | ours/np.partition {ratio:.2f}x{vs_authors}")
+    ratios = f"ours/{floor.removeprefix('floor ')} {ms['ours'] / ms[floor]:.2f}x"
+    if "authors" in ms:
+        ratios += f", authors/ours {ms['authors'] / ms['ours']:.2f}x"
+    print(f"{row['condition']:>22} n={row['n']:>8}: {cells} ms | {ratios}")
 
 
 # -- 2. step overhead ----------------------------------------------------------------------------
@@ -157,14 +170,14 @@ def _sigua_step(model: torch.nn.Module, opt: SIGUAOptimizer, x: torch.Tensor, y:
     opt.step(F.cross_entropy(model(x), y, reduction="none"))
 
 
-def step_overhead(repeats: dict[str, int]) -> list[dict[str, Any]]:
+def step_overhead(repeats: dict[str, int], device: str) -> list[dict[str, Any]]:
     rows = []
     for name, build in (("deep MLP (Fig. 1)", deep_mlp), ("9-layer CNN", cnn9)):
         if not repeats.get(name):
             continue
         torch.manual_seed(0)
-        plain_model = build()
-        sigua_model = build()
+        plain_model = build().to(device)
+        sigua_model = build().to(device)
         sigua_model.load_state_dict(plain_model.state_dict())
         plain = torch.optim.SGD(plain_model.parameters(), lr=0.01, momentum=0.9)
         sigua = SIGUAOptimizer(
@@ -173,18 +186,20 @@ def step_overhead(repeats: dict[str, int]) -> list[dict[str, Any]]:
             GAMMA,
         )
         generator = torch.Generator().manual_seed(1)
-        x, y = torch.rand(128, 784, generator=generator), torch.randint(0, 10, (128,), generator=generator)
+        x = torch.rand(128, 784, generator=generator).to(device)
+        y = torch.randint(0, 10, (128,), generator=generator).to(device)
 
         plain_step = partial(_plain_step, plain_model, plain, x, y)
         sigua_step = partial(_sigua_step, sigua_model, sigua, x, y)
         times = interleaved({"plain": plain_step, "SIGUA": sigua_step}, repeats[name])
         row = {
+            "device": device,
             "model": name,
             "ms": {k: v * 1e3 for k, v in times.items()},
             "ratio": times["SIGUA"] / times["plain"],
         }
         print(
-            f"{name:>18}: plain {row['ms']['plain']:.2f} ms, SIGUA {row['ms']['SIGUA']:.2f} ms, "
+            f"{name:>18} ({device}): plain {row['ms']['plain']:.2f} ms, SIGUA {row['ms']['SIGUA']:.2f} ms, "
             f"ratio {row['ratio']:.3f}"
         )
         rows.append(row)
@@ -222,6 +237,31 @@ def peak_memory(sizes: list[int]) -> list[dict[str, Any]]:
     return rows
 
 
+def cuda_extras() -> dict[str, Any]:
+    """Kernel launches and peak extra GPU memory of one BandSelected selection + reduction."""
+    condition = BandSelected(EPS, BAND, warmup_epochs=0)
+    extras: dict[str, Any] = {}
+    losses = torch.rand(1_048_576, device="cuda").requires_grad_(True)
+    ours(condition)(losses)
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as profile:
+        ours(condition)(losses)
+        torch.cuda.synchronize()
+    kernels = [e for e in profile.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    extras["kernels_per_selection_and_reduction"] = len(kernels)
+    print(f"kernel launches, BandSelected selection + reduction at n = 2^20: {len(kernels)}")
+    for n in SIZES:
+        values = torch.rand(n, device="cuda").requires_grad_(True)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        ours(condition)(values)
+        extra = torch.cuda.max_memory_allocated() - base
+        extras[f"peak_extra_bytes_n{n}"] = extra
+        print(f"GPU peak extra memory at n={n:>8}: {extra / 2**20:7.2f} MiB = {extra / n:5.1f} bytes/sample")
+    return extras
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], default=list(SIZES))
@@ -232,22 +272,24 @@ def main(argv: list[str] | None = None) -> None:
     sizes = [128, 1024] if args.quick else args.sizes
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
     print(f"torch {torch.__version__}, numpy {np.__version__}, {machine}")
-    print("\n1. selection + reduction, median ms")
-    selection = selection_table(sizes, compile_too=not (args.quick or args.no_compile))
-    print("\n2. step overhead at batch 128, median ms per step")
-    overhead = step_overhead(
-        {"deep MLP (Fig. 1)": 5 if args.quick else 60, "9-layer CNN": 0 if args.quick else 5}
-    )
-    print("\n3. peak extra memory of selection + reduction (fresh process each)")
+    devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+    if torch.cuda.is_available():
+        print(f"GPU: {torch.cuda.get_device_name()}")
+    repeats = {"deep MLP (Fig. 1)": 5 if args.quick else 60, "9-layer CNN": 0 if args.quick else 5}
+    selection, overhead = [], []
+    for device in devices:
+        print(f"\n1. selection + reduction on {device}, median ms")
+        selection += selection_table(sizes, not (args.quick or args.no_compile), device)
+        print(f"\n2. step overhead on {device} at batch 128, median ms per step")
+        overhead += step_overhead(repeats if device == "cpu" else {k: 100 for k in repeats}, device)
+    print("\n3. peak extra memory of selection + reduction on the CPU (fresh process each)")
     memory = peak_memory(sizes)
+    record = {"machine": machine, "torch": torch.__version__, "selection": selection, "step": overhead}
+    record["memory"] = memory
+    if torch.cuda.is_available():
+        print("\n4. CUDA")
+        record["cuda"] = cuda_extras()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    record = {
-        "machine": machine,
-        "torch": torch.__version__,
-        "selection": selection,
-        "step": overhead,
-        "memory": memory,
-    }
     args.out.write_text(json.dumps(record, indent=1))
     print(f"\nwrote {args.out}")
 
