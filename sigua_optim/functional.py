@@ -206,21 +206,26 @@ def nonnegative_masks(
 
 
 def sigua_weights(
-    good: Tensor, bad: Tensor, gamma: float, dtype: torch.dtype, reduction: Reduction = "paper"
+    good: Tensor,
+    bad: Tensor,
+    gamma: float,
+    dtype: torch.dtype,
+    reduction: Reduction = "paper",
+    num_items: int | Tensor | None = None,
 ) -> Tensor:
     r"""The per-sample weights :math:`w` of the objective :math:`\ell^\top w`.
 
     ``"paper"``: :math:`w = (C_{good} - \gamma C_{bad}) / n_b`, i.e. 1, :math:`-\gamma` or 0
-    over the whole batch size. ``"official"``: :math:`C_{good} / n_{good} - \gamma C_{bad} /
-    n_{bad}` (an empty group weighs nothing). A sample marked both good and bad counts as good,
-    as in Algorithm 1's ``if / else if``.
+    over the whole batch size (``num_items`` when given, e.g. the size of an accumulated batch).
+    ``"official"``: :math:`C_{good} / n_{good} - \gamma C_{bad} / n_{bad}` (an empty group
+    weighs nothing). A sample marked both good and bad counts as good, as in Algorithm 1's
+    ``if / else if``.
     """
     bad = bad > good  # bad and not good, in one pass
     # Through uint8: a bool -> float conversion is several times slower on the CPU.
     good_01, bad_01 = good.view(torch.uint8).to(dtype), bad.view(torch.uint8).to(dtype)
     if reduction == "paper":
-        n = good.shape[0]
-        return good_01.mul_(1.0 / n).sub_(bad_01, alpha=gamma / n)
+        return good_01.sub_(bad_01, alpha=gamma).div_(good.shape[0] if num_items is None else num_items)
     good_01.div_(good.sum().clamp_min(1))
     return good_01.sub_(bad_01.div_(bad.sum().clamp_min(1)), alpha=gamma)
 
@@ -231,11 +236,13 @@ def sigua_objective(
     bad: Tensor,
     gamma: float,
     reduction: Reduction = "paper",
+    num_items: int | Tensor | None = None,
 ) -> Tensor:
     r"""The scalar SIGUA objective, :math:`\ell^\top w` with :math:`w` of :func:`sigua_weights`.
 
     ``"paper"`` (Eq. 3): :math:`\ell_b = \ell^\top (C_{good} - \gamma C_{bad}) / n_b`, divided
-    by the whole batch size, ignored samples included.
+    by the whole batch size, ignored samples included; ``num_items`` replaces :math:`n_b` (the
+    objectives of micro-batches then add up to the objective of the accumulated batch).
 
     ``"official"`` (the authors' code): :math:`\mathrm{mean}_{good}(\ell) - \gamma\,
     \mathrm{mean}_{bad}(\ell)`, each mean over its own count.
@@ -244,5 +251,5 @@ def sigua_objective(
     Half-precision losses are accumulated in float32; the result has the dtype of ``losses``.
     """
     acc = torch.promote_types(losses.dtype, torch.float32)
-    weights = sigua_weights(good, bad, gamma, acc, reduction)
+    weights = sigua_weights(good, bad, gamma, acc, reduction, num_items)
     return torch.dot(losses.to(acc), weights).to(losses.dtype)

@@ -46,14 +46,44 @@ def _check_gamma(gamma: float) -> float:
     return float(gamma)
 
 
-def _check_selection(selection: Any, losses: Tensor, condition: Any) -> None:
-    """A condition must return Selection(good, bad): bool tensors shaped like the losses."""
+def _check_losses(losses: Tensor) -> None:
+    """Per-sample losses: a floating tensor of shape [n], n >= 1."""
+    if not isinstance(losses, Tensor):
+        raise TypeError(f"losses must be a torch.Tensor of per-sample losses, got {type(losses).__name__}")
+    if losses.ndim == 0:
+        raise ValueError(
+            "losses is a scalar: SIGUA weighs each sample, so it needs per-sample losses; "
+            "pass reduction='none' to the loss function (e.g. F.cross_entropy(out, y, "
+            "reduction='none'))"
+        )
+    check_batch(losses)
+    if not losses.is_floating_point():
+        raise TypeError(f"losses must be floating point, got {losses.dtype}")
+
+
+def _check_num_items(num_items: int | Tensor | None, reduction: str) -> None:
+    """num_items: a positive int or a 0-d tensor, with the paper's reduction only."""
+    if num_items is None:
+        return
+    if reduction != "paper":
+        raise ValueError("num_items= needs reduction='paper': the official reduction averages per group")
+    if isinstance(num_items, Tensor):
+        if num_items.ndim != 0:
+            raise ValueError(f"num_items= must be a 0-d tensor or an int, got shape {tuple(num_items.shape)}")
+    elif isinstance(num_items, bool) or not isinstance(num_items, int) or num_items < 1:
+        raise ValueError(
+            f"num_items= must be the positive number of samples in the whole batch, got {num_items!r}"
+        )
+
+
+def _check_selection(selection: Any, losses: Tensor, source: str) -> None:
+    """A selection is Selection(good, bad): two bool tensors shaped like the losses."""
     masks = tuple(selection) if isinstance(selection, tuple) else ()
     if len(masks) != 2 or not all(
         isinstance(m, Tensor) and m.dtype == torch.bool and m.shape == losses.shape for m in masks
     ):
         raise TypeError(
-            f"condition {condition!r} must return Selection(good, bad), two bool tensors of shape "
+            f"{source} must be Selection(good, bad), two bool tensors of shape "
             f"{tuple(losses.shape)}; got {selection!r:.200}"
         )
 
@@ -209,48 +239,77 @@ class SIGUAOptimizer(Optimizer):
             set_epoch(self.epoch)
 
     # -- the step ------------------------------------------------------------------------------
+    def select(
+        self,
+        losses: Tensor,
+        *,
+        condition: Condition | Callable[..., Selection] | None = None,
+        **inputs: Any,
+    ) -> Selection:
+        """The condition's Selection(good, bad) for these losses at the current epoch.
+
+        For a selection over more than one call (gradient accumulation with global selection):
+        select on the concatenated detached losses, then pass each micro-batch's slice to
+        :meth:`objective` / :meth:`step` as ``selection=`` with ``num_items=`` the total count.
+        """
+        _check_losses(losses)
+        condition = self.condition if condition is None else condition
+        if condition is not self.condition:
+            self._follow_epoch(condition)
+        selection = condition(losses.detach(), **inputs)
+        _check_selection(selection, losses, f"the value returned by the condition {condition!r}")
+        return Selection(*selection)
+
     def objective(
         self,
         losses: Tensor,
         *,
         condition: Condition | Callable[..., Selection] | None = None,
+        selection: Selection | None = None,
+        num_items: int | Tensor | None = None,
         **inputs: Any,
     ) -> Tensor:
         """The scalar of Eq. 3 for these per-sample losses, without backward or step.
 
         For callers that run backward themselves: ``scaler.scale(opt.objective(losses)).backward()``,
         ``accelerator.backward(...)``, Lightning's ``training_step``, a Trainer's ``compute_loss``.
+
+        Args:
+            losses: per-sample losses ``[n]`` that require grad.
+            condition: this call's condition instead of the default one.
+            selection: a Selection(good, bad) made already (e.g. by :meth:`select` over a whole
+                accumulated batch); the condition is then not called.
+            num_items: the divisor :math:`n_b` of Eq. 3 instead of ``len(losses)``: the number
+                of samples in the whole accumulated batch (Hugging Face's
+                ``num_items_in_batch``), so that the objectives of the micro-batches add up to
+                the objective of the whole batch. An int or a 0-d tensor; paper reduction only.
+            **inputs: named inputs for the condition.
         """
-        return self._select_and_reduce(losses, condition, inputs)[0]
+        return self._select_and_reduce(losses, condition, selection, num_items, inputs)[0]
 
     def _select_and_reduce(
-        self, losses: Tensor, condition: Any, inputs: dict[str, Any]
+        self,
+        losses: Tensor,
+        condition: Any,
+        selection: Selection | None,
+        num_items: int | Tensor | None,
+        inputs: dict[str, Any],
     ) -> tuple[Tensor, Selection]:
-        if not isinstance(losses, Tensor):
-            raise TypeError(
-                f"losses must be a torch.Tensor of per-sample losses, got {type(losses).__name__}"
-            )
-        if losses.ndim == 0:
-            raise ValueError(
-                "losses is a scalar: SIGUA weighs each sample, so it needs per-sample losses; "
-                "pass reduction='none' to the loss function (e.g. F.cross_entropy(out, y, "
-                "reduction='none'))"
-            )
-        check_batch(losses)
-        if not losses.is_floating_point():
-            raise TypeError(f"losses must be floating point, got {losses.dtype}")
+        _check_losses(losses)
         if not losses.requires_grad:
             raise ValueError(
                 "losses does not require grad: compute it from the model's output with autograd "
                 "on (not under torch.no_grad() or after .detach()), or the step cannot learn"
             )
-        condition = self.condition if condition is None else condition
-        if condition is not self.condition:
-            self._follow_epoch(condition)
-        selection = condition(losses.detach(), **inputs)
-        _check_selection(selection, losses, condition)
+        _check_num_items(num_items, self.reduction)
+        if selection is None:
+            selection = self.select(losses, condition=condition, **inputs)
+        elif condition is not None:
+            raise TypeError("pass condition= or selection=, not both: a selection is already made")
+        else:
+            _check_selection(selection, losses, "selection=")
         objective = functional.sigua_objective(
-            losses, selection.good, selection.bad, self.gamma, self.reduction
+            losses, selection.good, selection.bad, self.gamma, self.reduction, num_items
         )
         return objective, selection
 
@@ -272,6 +331,9 @@ class SIGUAOptimizer(Optimizer):
         closure: Callable[[], Any] | None = None,
         *,
         condition: Condition | Callable[..., Selection] | None = None,
+        selection: Selection | None = None,
+        num_items: int | Tensor | None = None,
+        scaler: torch.amp.GradScaler | None = None,
         **inputs: Any,
     ) -> Any:
         """One SIGUA step: select, reduce (Eq. 3), back-propagate, step the wrapped optimizer.
@@ -282,6 +344,11 @@ class SIGUAOptimizer(Optimizer):
                 optimizer, for callers that ran backward themselves (GradScaler, trainers).
             closure: passed to the wrapped optimizer's step (plain step only).
             condition: this call's condition instead of the default one.
+            selection: a Selection made already (see :meth:`objective`).
+            num_items: the divisor of Eq. 3 instead of ``len(losses)`` (see :meth:`objective`).
+            scaler: a ``torch.amp.GradScaler``: the objective is scaled before backward and the
+                wrapped optimizer steps through ``scaler.step``, which skips the step when the
+                gradients are not finite. Call ``scaler.update()`` afterwards, as usual.
             **inputs: named inputs for the condition (``clean=``, ``logits=``, ``targets=``, ...).
 
         Returns:
@@ -289,17 +356,33 @@ class SIGUAOptimizer(Optimizer):
             whatever the wrapped optimizer's step returns.
         """
         if losses is None or callable(losses):
-            if inputs or condition is not None:
-                raise TypeError("condition= and named inputs need per-sample losses: call step(losses, ...)")
+            given = [
+                name
+                for name, value in (
+                    ("condition", condition),
+                    ("selection", selection),
+                    ("num_items", num_items),
+                    ("scaler", scaler),
+                )
+                if value is not None
+            ]
+            if inputs or given:
+                raise TypeError(
+                    f"{', '.join(given + list(inputs))}= need per-sample losses: call step(losses, ...)"
+                )
             return self.optimizer.step(losses if closure is None else closure)
         if closure is not None:
             raise TypeError("pass either per-sample losses or a closure to step(), not both")
-        objective, selection = self._select_and_reduce(losses, condition, inputs)
+        objective, chosen = self._select_and_reduce(losses, condition, selection, num_items, inputs)
         if self._nonfinite(losses):
-            return StepResult(objective.detach(), selection.good, selection.bad, skipped=True)
-        objective.backward()  # type: ignore[no-untyped-call]
-        self.optimizer.step()
-        return StepResult(objective.detach(), selection.good, selection.bad)
+            return StepResult(objective.detach(), chosen.good, chosen.bad, skipped=True)
+        if scaler is None:
+            objective.backward()  # type: ignore[no-untyped-call]
+            self.optimizer.step()
+        else:
+            scaler.scale(objective).backward()  # type: ignore[no-untyped-call]
+            scaler.step(self.optimizer)
+        return StepResult(objective.detach(), chosen.good, chosen.bad)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

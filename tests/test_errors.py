@@ -228,5 +228,5 @@ def test_user_condition_returning_something_else(returned: Any) -> None:
         o.step(losses_of(m, x, y), condition=lambda losses, **_: returned)
 
     assert_rejected(
-        TypeError, "must return Selection\\(good, bad\\), two bool tensors of shape \\(6,\\)", call
+        TypeError, "must be Selection\\(good, bad\\), two bool tensors of shape \\(6,\\)", call
     )
