@@ -36,6 +36,7 @@ __all__ = [
     "nonnegative_masks",
     "official_band_masks",
     "official_small_loss_mask",
+    "sequence_losses",
     "sigua_objective",
     "sigua_weights",
     "small_loss_mask",
@@ -87,40 +88,70 @@ def _kth_smallest(losses: Tensor, array: np.ndarray[Any, Any] | None, ks: list[i
     return values
 
 
-def _rank_at_most(losses: Tensor, bounds: tuple[int, ...]) -> list[Tensor]:
-    """For each bound m, the mask of ``#{j : l_j < l_i} <= m``: ``l_i <=`` the (m+1)-th smallest."""
-    n = losses.shape[0]
-    ks = sorted({m + 1 for m in bounds if 0 <= m < n})
-    array = _host_array(losses)
-    kth = dict(zip(ks, _kth_smallest(losses, array, ks), strict=True))
+Bound = tuple[float, ...]  # rates whose products with n add up to a count bound: n*rho + n*delta
+
+
+def _rank_at_most(losses: Tensor, bounds: tuple[Bound, ...], valid: Tensor | None) -> list[Tensor]:
+    """For each bound m = floor(n * r1 + n * r2 ...), the mask of ``#{j : l_j < l_i} <= m``.
+
+    That is ``l_i <=`` the (m+1)-th smallest loss. With ``valid``, only valid losses count and
+    are marked, and n is their number.
+    """
     detached = losses.detach()
+    array = _host_array(losses)
+    if valid is not None and array is None:
+        return _rank_at_most_on_device(detached, bounds, valid)
+    subset = array if valid is None or array is None else array[valid.numpy()]
+    n = losses.shape[0] if subset is None else subset.shape[0]
+    ms = [math.floor(sum(n * rate for rate in bound)) for bound in bounds]
+    ks = sorted({m + 1 for m in ms if 0 <= m < n})
+    kth = dict(zip(ks, _kth_smallest(losses, subset, ks), strict=True))
+    everyone = torch.ones_like(detached, dtype=torch.bool) if valid is None else valid
     masks = []
-    for m in bounds:
+    for m in ms:
         if m >= n or m < 0:
-            masks.append(torch.full_like(detached, m >= n, dtype=torch.bool))
+            masks.append(everyone.clone() if m >= n else torch.zeros_like(everyone))
         elif array is not None:
-            masks.append(torch.from_numpy(array <= kth[m + 1]))
+            within = torch.from_numpy(array <= kth[m + 1])
+            masks.append(within if valid is None else within & valid)
         else:
             masks.append(detached <= kth[m + 1])
     return masks
 
 
-def small_loss_mask(losses: Tensor, rate: float) -> Tensor:
+def _rank_at_most_on_device(detached: Tensor, bounds: tuple[Bound, ...], valid: Tensor) -> list[Tensor]:
+    """:func:`_rank_at_most` with a device-resident count of valid losses: one sort, no sync."""
+    n = valid.sum().double()  # float64, as the count bound n * rate is computed on the host
+    ordered = torch.sort(torch.where(valid, detached, torch.inf)).values
+    last = detached.shape[0] - 1
+    masks = []
+    for bound in bounds:
+        m = torch.floor(sum((n * rate for rate in bound), torch.zeros((), dtype=torch.float64)))
+        threshold = ordered[m.clamp(0, last).long()]
+        masks.append(valid & ((detached <= threshold) | (m >= n)) & (m >= 0))
+    return masks
+
+
+def small_loss_mask(losses: Tensor, rate: float, valid: Tensor | None = None) -> Tensor:
     r"""Eq. 5: :math:`C_{good}(i) = \mathbb{I}(\#\{j : \ell_i > \ell_j\} \le n \rho)`.
 
     Args:
         losses: per-sample losses, shape ``[n]``.
         rate: :math:`\rho`, the rate kept (``n * rate`` is the bound on the count).
+        valid: optional bool mask: only valid losses (e.g. non-padding tokens) are ranked and
+            marked, and n is their number.
 
     Returns:
         A bool tensor shaped like ``losses``. Tied losses are kept or dropped together, so about
         :math:`\lfloor n\rho \rfloor + 1` samples are kept (more with ties).
     """
-    (good,) = _rank_at_most(losses, (math.floor(losses.shape[0] * rate),))
+    (good,) = _rank_at_most(losses, ((rate,),), valid)
     return good
 
 
-def band_masks(losses: Tensor, rate: float, band: float) -> tuple[Tensor, Tensor]:
+def band_masks(
+    losses: Tensor, rate: float, band: float, valid: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     r"""Eqs. 5-6: small-loss good data and the middle-loss band above it as bad data.
 
     :math:`C_{bad}(i) = \neg C_{good}(i) \wedge
@@ -130,13 +161,23 @@ def band_masks(losses: Tensor, rate: float, band: float) -> tuple[Tensor, Tensor
         losses: per-sample losses, shape ``[n]``.
         rate: :math:`\rho`, the rate kept as good.
         band: :math:`\delta`, the width of the bad band as a rate of the batch.
+        valid: optional bool mask of the losses to rank (see :func:`small_loss_mask`).
 
     Returns:
         ``(good, bad)`` bool tensors shaped like ``losses``, never both true.
     """
-    n = losses.shape[0]
-    good, within = _rank_at_most(losses, (math.floor(n * rate), math.floor(n * rate + n * band)))
+    good, within = _rank_at_most(losses, ((rate,), (rate, band)), valid)
     return good, within > good  # within the band and not good
+
+
+def sequence_losses(token_losses: Tensor, valid: Tensor) -> Tensor:
+    """Per-sequence losses: the mean loss over each row's valid tokens, shape ``[batch]``.
+
+    The other way to apply SIGUA to a language model: select whole sequences on their mean token
+    loss (a row without valid tokens gets 0).
+    """
+    weights = valid.to(token_losses.dtype)
+    return (token_losses * weights).sum(dim=-1) / weights.sum(dim=-1).clamp_min(1)
 
 
 def lowest_k_mask(losses: Tensor, k: int) -> Tensor:

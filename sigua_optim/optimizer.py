@@ -46,8 +46,11 @@ def _check_gamma(gamma: float) -> float:
     return float(gamma)
 
 
-def _check_losses(losses: Tensor) -> None:
-    """Per-sample losses: a floating tensor of shape [n], n >= 1."""
+def _per_sample(losses: Tensor, inputs: dict[str, Any]) -> tuple[Tensor, Tensor | None, dict[str, Any]]:
+    """Validate the losses; flatten per-token losses with their ``valid=`` mask.
+
+    Returns the 1-D losses, the flat valid mask (or None) and the inputs with that mask.
+    """
     if not isinstance(losses, Tensor):
         raise TypeError(f"losses must be a torch.Tensor of per-sample losses, got {type(losses).__name__}")
     if losses.ndim == 0:
@@ -56,9 +59,25 @@ def _check_losses(losses: Tensor) -> None:
             "pass reduction='none' to the loss function (e.g. F.cross_entropy(out, y, "
             "reduction='none'))"
         )
-    check_batch(losses)
     if not losses.is_floating_point():
         raise TypeError(f"losses must be floating point, got {losses.dtype}")
+    valid = inputs.get("valid")
+    if valid is None and losses.ndim > 1:
+        raise ValueError(
+            f"losses has shape {tuple(losses.shape)}: pass per-sample losses of shape [batch], or "
+            "per-token losses with valid= (the bool mask of real tokens) to select among tokens, "
+            "or reduce them per sequence first with sigua_optim.functional.sequence_losses"
+        )
+    if valid is not None:
+        if not isinstance(valid, Tensor) or valid.dtype != torch.bool or valid.shape != losses.shape:
+            raise ValueError(
+                f"valid= must be a bool mask shaped like the losses {tuple(losses.shape)}; got "
+                f"{getattr(valid, 'dtype', type(valid).__name__)} {tuple(getattr(valid, 'shape', ()))}"
+            )
+        losses, valid = losses.reshape(-1), valid.reshape(-1)
+        inputs = {**inputs, "valid": valid}
+    check_batch(losses)
+    return losses, valid, inputs
 
 
 def _check_num_items(num_items: int | Tensor | None, reduction: str) -> None:
@@ -252,13 +271,21 @@ class SIGUAOptimizer(Optimizer):
         select on the concatenated detached losses, then pass each micro-batch's slice to
         :meth:`objective` / :meth:`step` as ``selection=`` with ``num_items=`` the total count.
         """
-        _check_losses(losses)
+        flat, valid, inputs = _per_sample(losses, inputs)
+        selection = self._select(flat, valid, condition, inputs)
+        return Selection(selection.good.reshape(losses.shape), selection.bad.reshape(losses.shape))
+
+    def _select(
+        self, losses: Tensor, valid: Tensor | None, condition: Any, inputs: dict[str, Any]
+    ) -> Selection:
         condition = self.condition if condition is None else condition
         if condition is not self.condition:
             self._follow_epoch(condition)
         selection = condition(losses.detach(), **inputs)
         _check_selection(selection, losses, f"the value returned by the condition {condition!r}")
-        return Selection(*selection)
+        if valid is None:
+            return Selection(*selection)
+        return Selection(selection.good & valid, selection.bad & valid)  # padding is never chosen
 
     def objective(
         self,
@@ -295,7 +322,8 @@ class SIGUAOptimizer(Optimizer):
         num_items: int | Tensor | None,
         inputs: dict[str, Any],
     ) -> tuple[Tensor, Selection]:
-        _check_losses(losses)
+        shape = losses.shape
+        losses, valid, inputs = _per_sample(losses, inputs)
         if not losses.requires_grad:
             raise ValueError(
                 "losses does not require grad: compute it from the model's output with autograd "
@@ -303,23 +331,32 @@ class SIGUAOptimizer(Optimizer):
             )
         _check_num_items(num_items, self.reduction)
         if selection is None:
-            selection = self.select(losses, condition=condition, **inputs)
+            selection = self._select(losses, valid, condition, inputs)
         elif condition is not None:
             raise TypeError("pass condition= or selection=, not both: a selection is already made")
         else:
-            _check_selection(selection, losses, "selection=")
+            _check_selection(selection, losses.reshape(shape), "selection=")
+            selection = Selection(selection.good.reshape(-1), selection.bad.reshape(-1))
+        if num_items is None and valid is not None:
+            num_items = valid.sum().clamp_min(1)  # n_b of Eq. 3 counts the real tokens
         objective = functional.sigua_objective(
             losses, selection.good, selection.bad, self.gamma, self.reduction, num_items
         )
-        return objective, selection
+        return objective, Selection(selection.good.reshape(shape), selection.bad.reshape(shape))
 
-    def _nonfinite(self, losses: Tensor) -> bool:
-        """True when a loss is NaN/inf and nonfinite="skip"; raises under "raise"."""
-        if self.nonfinite == "unchecked" or bool(torch.isfinite(losses.detach()).all()):
+    def _nonfinite(self, losses: Tensor, valid: Tensor | None) -> bool:
+        """True when a (valid) loss is NaN/inf and nonfinite="skip"; raises under "raise"."""
+        if self.nonfinite == "unchecked":
+            return False
+        finite = torch.isfinite(losses.detach())
+        if valid is not None:
+            finite |= ~valid
+        if bool(finite.all()):
             return False
         if self.nonfinite == "skip":
             return True
-        bad = (~torch.isfinite(losses.detach())).nonzero().flatten()[:8].tolist()
+        where = (~finite).nonzero()[:8]
+        bad = (where.flatten() if finite.ndim == 1 else where).tolist()
         raise ValueError(
             f"losses contain NaN or inf (at indices {bad}...): nothing was changed. Lower the "
             "learning rate, check the inputs, or pass nonfinite='skip' to skip such steps"
@@ -374,7 +411,7 @@ class SIGUAOptimizer(Optimizer):
         if closure is not None:
             raise TypeError("pass either per-sample losses or a closure to step(), not both")
         objective, chosen = self._select_and_reduce(losses, condition, selection, num_items, inputs)
-        if self._nonfinite(losses):
+        if self._nonfinite(losses, inputs.get("valid")):
             return StepResult(objective.detach(), chosen.good, chosen.bad, skipped=True)
         if scaler is None:
             objective.backward()  # type: ignore[no-untyped-call]

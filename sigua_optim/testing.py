@@ -106,19 +106,33 @@ def assert_matches_reference(
             may go either way). Default: the built-in condition's loop
             (:func:`sigua_optim.reference.for_condition`).
         reduction: ``"paper"`` (Algorithm 1) or ``"official"``.
-        **inputs: the condition's named inputs (``clean=``, ``logits=``, ``targets=``).
+        **inputs: the condition's named inputs (``clean=``, ``logits=``, ``targets=``, and
+            ``valid=`` for per-token losses: only valid losses are ranked, n_b is their count).
 
     Raises:
         AssertionError: naming the first sample or quantity that differs.
     """
     loop = reference if reference is not None else spec.for_condition(condition)
     values = losses.detach().double().tolist()
-    expected = loop(values, **inputs)
-    want_good, want_bad = list(expected[0]), list(expected[1])
-    undecided = list(expected[2]) if len(expected) > 2 else [False] * len(values)
+    n = len(values)
+    valid = inputs.get("valid")
+    # With valid= (per-token losses), the loops see the valid losses only, and n_b is their count.
+    kept = list(range(n)) if valid is None else [i for i, v in enumerate(valid.tolist()) if v]
+    sub_inputs = {
+        name: value[valid]
+        if valid is not None and isinstance(value, Tensor) and value.shape[:1] == losses.shape
+        else value
+        for name, value in inputs.items()
+        if name != "valid"
+    }
+    expected = loop([values[i] for i in kept], **sub_inputs)
+    want_good, want_bad, undecided = [False] * n, [False] * n, [False] * n
+    for position, i in enumerate(kept):
+        want_good[i], want_bad[i] = bool(expected[0][position]), bool(expected[1][position])
+        undecided[i] = len(expected) > 2 and bool(expected[2][position])
     selection = condition(losses.detach(), **inputs)
     good, bad = selection.good.tolist(), selection.bad.tolist()
-    for i in range(len(values)):
+    for i in range(n):
         if not undecided[i] and (good[i], bad[i]) != (want_good[i], want_bad[i]):
             raise AssertionError(
                 f"sample {i} (loss {values[i]!r}, {losses.dtype}): condition gives good={good[i]} "
@@ -127,9 +141,11 @@ def assert_matches_reference(
             )
     # Algorithm 1 is linear in the losses: its gradient at sample i is its value at the unit vector.
     loop_objective = spec.algorithm1 if reduction == "paper" else spec.official_objective
-    want = loop_objective(values, good, bad, gamma)
+    kept_good, kept_bad = [good[i] for i in kept], [bad[i] for i in kept]
+    want = loop_objective([values[i] for i in kept], kept_good, kept_bad, gamma)
     leaf = losses.detach().clone().requires_grad_(True)
-    objective = sigua_objective(leaf, selection.good, selection.bad, gamma, reduction)
+    num_items = None if valid is None else len(kept)
+    objective = sigua_objective(leaf, selection.good, selection.bad, gamma, reduction, num_items)
     tolerance = _tolerance(values, want, losses.dtype)
     if not abs(float(objective.detach()) - want) <= tolerance:
         raise AssertionError(
@@ -140,12 +156,12 @@ def assert_matches_reference(
     assert leaf.grad is not None
     info = torch.finfo(losses.dtype)
     subnormal = info.tiny * info.eps  # the spacing of the dtype's subnormals
-    for i, got in enumerate(leaf.grad.double().tolist()):
-        unit = [0.0] * len(values)
-        unit[i] = 1.0
-        wanted = loop_objective(unit, good, bad, gamma)
-        if not abs(got - wanted) <= 4 * info.eps * abs(wanted) + subnormal:
+    grads = leaf.grad.double().tolist()
+    for i in range(n):
+        unit = [1.0 if j == i else 0.0 for j in kept]
+        wanted = loop_objective(unit, kept_good, kept_bad, gamma) if i in kept else 0.0
+        if not abs(grads[i] - wanted) <= 4 * info.eps * abs(wanted) + subnormal:
             raise AssertionError(
-                f"d objective / d loss[{i}] = {got!r}, Algorithm 1 gives {wanted!r} "
+                f"d objective / d loss[{i}] = {grads[i]!r}, Algorithm 1 gives {wanted!r} "
                 f"({losses.dtype}, good={good[i]}, bad={bad[i]})"
             )

@@ -141,3 +141,33 @@ def test_eq11_as_printed_never_marks_bad_on_symmetric_noise() -> None:
     sample = NonNegativeCorrection(transition)(torch.zeros(256), logits=logits, targets=targets)
     assert not total.bad.any()
     assert sample.bad.any()
+
+
+@given(loss_vectors(), st.data(), noise_rates, gammas)
+def test_per_token_selection_over_valid_losses_only(
+    losses: torch.Tensor, data: st.DataObject, eps: float, gamma: float
+) -> None:
+    n = losses.shape[0]
+    valid = torch.tensor(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+    valid[data.draw(st.integers(0, n - 1))] = True  # at least one real token
+    band = data.draw(st.floats(0.0, eps), label="band")
+    condition = data.draw(
+        st.sampled_from([AllGood(), KnownClean(), SmallLoss(eps, 0), BandSelected(eps, band, 0)]),
+        label="condition",
+    )
+    clean = torch.tensor(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+    assert_matches_reference(condition, losses, gamma=gamma, valid=valid, clean=clean)
+
+
+@given(loss_vectors(), st.data(), rates(), rates())
+def test_device_path_ranks_valid_losses_as_the_host_path(
+    losses: torch.Tensor, data: st.DataObject, rate: float, band: float
+) -> None:
+    """The sort-based path used on CUDA (a device-side count of valid losses) equals the host one."""
+    n = losses.shape[0]
+    valid = torch.tensor(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+    bounds = ((rate,), (rate, band))
+    host = functional._rank_at_most(losses, bounds, valid)
+    device = functional._rank_at_most_on_device(losses.detach(), bounds, valid)
+    for got, want in zip(device, host, strict=True):
+        assert got.tolist() == want.tolist()

@@ -7,13 +7,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import Selection, check_batch
+from .base import Selection, check_batch, check_valid
 
 
 class AllGood:
     r"""Standard training: :math:`C_{good} \equiv 1`, :math:`C_{bad} \equiv 0`.
 
-    With it Eq. 3 is the plain mean of the losses.
+    With it Eq. 3 is the plain mean of the losses (of the ``valid=`` ones, when given).
 
     Example:
         >>> import torch
@@ -21,11 +21,11 @@ class AllGood:
         tensor([True, True])
     """
 
-    def __call__(self, losses: Tensor, **inputs: Any) -> Selection:
+    def __call__(self, losses: Tensor, *, valid: Tensor | None = None, **inputs: Any) -> Selection:
         check_batch(losses)
-        return Selection(
-            torch.ones_like(losses, dtype=torch.bool), torch.zeros_like(losses, dtype=torch.bool)
-        )
+        valid = check_valid(valid, losses)
+        good = torch.ones_like(losses, dtype=torch.bool) if valid is None else valid
+        return Selection(good, torch.zeros_like(good))
 
     def __repr__(self) -> str:
         return "AllGood()"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
+import torch
 from torch import Tensor
 
 
@@ -66,6 +67,16 @@ def check_mask_input(name: str, value: Tensor | None, losses: Tensor, owner: str
     if value.device != losses.device:
         raise ValueError(f"{name}= is on {value.device} but losses are on {losses.device}")
     return value
+
+
+def check_valid(valid: Tensor | None, losses: Tensor) -> Tensor | None:
+    """Validate ``valid=``, the optional bool mask of the losses that count (e.g. real tokens)."""
+    if valid is None:
+        return None
+    valid = check_mask_input("valid", valid, losses, "valid=")
+    if valid.dtype != torch.bool:
+        raise TypeError(f"valid= must be a bool mask (true for the losses that count), got {valid.dtype}")
+    return valid
 
 
 class Scheduled:

@@ -25,7 +25,7 @@ from torch import Tensor
 from .. import functional
 from ..functional import Criterion
 from ..losses import check_logits_targets, class_losses, invert_transition_matrix
-from .base import Scheduled, Selection, check_batch, check_epoch
+from .base import Scheduled, Selection, check_batch, check_epoch, check_valid
 
 
 class NonNegativeCorrection(Scheduled):
@@ -43,8 +43,9 @@ class NonNegativeCorrection(Scheduled):
         warmup_epochs: epochs of plain backward correction (every sample good) before the
             criterion applies, as the authors' code does; default 0 (the paper).
 
-    Each call needs ``logits=`` ``[n, k]`` and ``targets=`` (the noisy labels, ``[n]``); it reads
-    back one bool to check that the targets lie in [0, k).
+    Each call needs ``logits=`` ``[n, k]`` and ``targets=`` (the noisy labels, ``[n]``; per-token
+    ``[batch, seq, k]`` and ``[batch, seq]`` are flattened); it reads back one bool to check that
+    the targets lie in [0, k). With ``valid=``, the other positions are neither good nor bad.
 
     Example:
         >>> import torch
@@ -83,22 +84,29 @@ class NonNegativeCorrection(Scheduled):
         *,
         logits: Tensor | None = None,
         targets: Tensor | None = None,
+        valid: Tensor | None = None,
         **inputs: Any,
     ) -> Selection:
         n = check_batch(losses)
+        valid = check_valid(valid, losses)
+        if logits is not None and logits.ndim > 2:  # per-token: [batch, seq, k] -> [batch * seq, k]
+            logits = logits.reshape(-1, logits.shape[-1])
+        if targets is not None and targets.ndim > 1:
+            targets = targets.reshape(-1)
+        if valid is not None and targets is not None and targets.shape == valid.shape:
+            targets = targets.masked_fill(~valid, 0)  # padding may carry ignore_index
         check_logits_targets(logits, targets, self.inverse.shape[0], "NonNegativeCorrection")
         assert logits is not None and targets is not None
         if logits.shape[0] != n:
             raise ValueError(f"logits= has {logits.shape[0]} rows but there are {n} losses")
         if self.epoch < self.warmup_epochs:
-            ones = torch.ones_like(losses, dtype=torch.bool)
-            return Selection(ones, ~ones)
+            good = torch.ones_like(losses, dtype=torch.bool) if valid is None else valid
+            return Selection(good, torch.zeros_like(good))
         per_class = class_losses(logits.detach()).double()
-        return Selection(
-            *functional.nonnegative_masks(
-                per_class, targets, self._inverse_like(per_class), self.criterion, self.ascend
-            )
+        good, bad = functional.nonnegative_masks(
+            per_class, targets, self._inverse_like(per_class), self.criterion, self.ascend
         )
+        return Selection(good, bad) if valid is None else Selection(good & valid, bad & valid)
 
     def __repr__(self) -> str:
         k = self.inverse.shape[0]

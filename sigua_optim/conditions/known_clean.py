@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import Selection, check_batch, check_mask_input
+from .base import Selection, check_batch, check_mask_input, check_valid
 
 
 class KnownClean:
@@ -22,12 +22,17 @@ class KnownClean:
         tensor([False,  True])
     """
 
-    def __call__(self, losses: Tensor, *, clean: Tensor | None = None, **inputs: Any) -> Selection:
+    def __call__(
+        self, losses: Tensor, *, clean: Tensor | None = None, valid: Tensor | None = None, **inputs: Any
+    ) -> Selection:
         check_batch(losses)
+        valid = check_valid(valid, losses)
         clean = check_mask_input("clean", clean, losses, "KnownClean")
         if clean.dtype != torch.bool:
             raise TypeError(f"clean= must be a bool mask (e.g. noisy == true), got {clean.dtype}")
-        return Selection(clean, ~clean)
+        if valid is None:
+            return Selection(clean, ~clean)
+        return Selection(clean & valid, valid > clean)
 
     def __repr__(self) -> str:
         return "KnownClean()"

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .. import functional
 from ..functional import Semantics
-from .base import Scheduled, Selection, check_batch, check_epoch
+from .base import Scheduled, Selection, check_batch, check_epoch, check_valid
 
 
 def _check_rate(noise_rate: float) -> float:
@@ -72,13 +72,23 @@ class SmallLoss(Scheduled):
         r""":math:`\rho(t)`, the rate kept as good at the current epoch."""
         return functional.keep_rate(self.noise_rate, self.epoch, self.warmup_epochs, self.semantics)
 
-    def __call__(self, losses: Tensor, **inputs: Any) -> Selection:
+    def __call__(self, losses: Tensor, *, valid: Tensor | None = None, **inputs: Any) -> Selection:
         check_batch(losses)
         if self.semantics == "paper":
-            good = functional.small_loss_mask(losses, self.rate)
+            good = functional.small_loss_mask(losses, self.rate, self._valid(valid, losses))
         else:
+            self._valid(valid, losses)
             good = functional.official_small_loss_mask(losses, self.rate)
         return Selection(good, torch.zeros_like(good))
+
+    def _valid(self, valid: Tensor | None, losses: Tensor) -> Tensor | None:
+        valid = check_valid(valid, losses)
+        if valid is not None and self.semantics == "official":
+            raise ValueError(
+                "semantics='official' has no valid= mask (the authors' code ranks whole samples): "
+                "use semantics='paper', or select per sequence with functional.sequence_losses"
+            )
+        return valid
 
     def __repr__(self) -> str:
         return (
@@ -129,10 +139,11 @@ class BandSelected(SmallLoss):
             raise ValueError(f"band must be >= 0 and at most {what}; got band={band}")
         self.band = float(band)
 
-    def __call__(self, losses: Tensor, **inputs: Any) -> Selection:
+    def __call__(self, losses: Tensor, *, valid: Tensor | None = None, **inputs: Any) -> Selection:
         check_batch(losses)
+        valid = self._valid(valid, losses)
         if self.semantics == "paper":
-            return Selection(*functional.band_masks(losses, self.rate, self.band))
+            return Selection(*functional.band_masks(losses, self.rate, self.band, valid))
         return Selection(*functional.official_band_masks(losses, self.rate, self.band))
 
     def __repr__(self) -> str:
