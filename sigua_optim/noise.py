@@ -52,9 +52,7 @@ def _check_k_eps(k: int, eps: float) -> None:
 
 
 def symmetric(k: int, eps: float) -> torch.Tensor:
-    """Symmetric noise: ``T[i, i] = 1 - eps``, ``T[i, j] = eps / (k - 1)`` for ``j != i``.
-
-    Returns a float64 ``k x k`` row-stochastic tensor.
+    """Symmetric noise, float64 ``k x k``: ``T[i, i] = 1 - eps``, ``T[i, j] = eps / (k - 1)``.
 
     >>> symmetric(3, 0.5)
     tensor([[0.5000, 0.2500, 0.2500],
@@ -69,9 +67,9 @@ def symmetric(k: int, eps: float) -> torch.Tensor:
 
 
 def pair(k: int, eps: float) -> torch.Tensor:
-    """Pair-flip noise: ``T[i, i] = 1 - eps``, ``T[i, (i + 1) mod k] = eps``, zero elsewhere.
+    """Pair-flip noise, float64 ``k x k``: ``T[i, i] = 1 - eps``, ``T[i, (i + 1) mod k] = eps``.
 
-    Returns a float64 ``k x k`` row-stochastic tensor.
+    Every other entry is 0.
 
     >>> pair(3, 0.45)
     tensor([[0.5500, 0.4500, 0.0000],
