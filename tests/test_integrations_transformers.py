@@ -12,13 +12,13 @@ import torch.nn.functional as F
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments  # noqa: E402
+from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
 
-from sigua_optim import SIGUAOptimizer, reference  # noqa: E402
-from sigua_optim.conditions import BandSelected, NonNegativeCorrection  # noqa: E402
-from sigua_optim.integrations.transformers import SIGUAEpochCallback, SIGUALoss, SIGUATrainer  # noqa: E402
-from sigua_optim.losses import backward_corrected_cross_entropy  # noqa: E402
-from sigua_optim.noise import symmetric  # noqa: E402
+from sigua_optim import SIGUAOptimizer, reference
+from sigua_optim.conditions import BandSelected, NonNegativeCorrection
+from sigua_optim.integrations.transformers import SIGUAEpochCallback, SIGUALoss, SIGUATrainer
+from sigua_optim.losses import backward_corrected_cross_entropy
+from sigua_optim.noise import symmetric
 
 NOISE, BAND, WARMUP, GAMMA = 0.5, 0.25, 1.0, 0.5
 
@@ -140,3 +140,48 @@ def test_plain_trainer_with_the_loss_and_the_callback(tmp_path: Path) -> None:
     recorded(trainer, opt, calls)
     trainer.train()
     check_logged_objective(trainer, calls)
+
+
+def test_a_condition_reading_logits_gets_them_from_the_trainer(tmp_path: Path) -> None:
+    t = symmetric(3, 0.2)
+    model = tiny_bert()
+    opt = SIGUAOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), NonNegativeCorrection(t), gamma=1.0)
+    trainer = SIGUATrainer(
+        model=model,
+        args=arguments(tmp_path, max_steps=1),
+        train_dataset=tiny_dataset(16),
+        optimizers=(opt, None),
+        per_sample_loss=lambda logits, labels: backward_corrected_cross_entropy(logits, labels, t),
+    )
+    trainer.train()
+    assert trainer.state.global_step == 1
+
+
+def test_bad_input_says_what_to_change(tmp_path: Path) -> None:
+    model = tiny_bert()
+    opt = make_opt(model)
+    base = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match=r"SIGUATrainer needs optimizers=\(SIGUAOptimizer"):
+        SIGUATrainer(model=model, args=arguments(tmp_path), optimizers=(base, None))
+    with pytest.raises(TypeError, match="SIGUATrainer needs optimizers="):
+        SIGUATrainer(model=model, args=arguments(tmp_path))
+    with pytest.raises(TypeError, match="instead of compute_loss_func="):
+        SIGUATrainer(
+            model=model, args=arguments(tmp_path), optimizers=(opt, None), compute_loss_func=F.l1_loss
+        )
+    with pytest.raises(TypeError, match="SIGUALoss needs the SIGUAOptimizer"):
+        SIGUALoss(base)  # type: ignore[arg-type]
+    logits = torch.randn(4, 3, requires_grad=True)
+    with pytest.raises(ValueError, match="SIGUALoss got no labels"):
+        SIGUALoss(opt)({"logits": logits}, None)
+    with pytest.raises(ValueError, match=r"returned only \['last_hidden_state'\]"):
+        SIGUALoss(opt)({"last_hidden_state": logits}, torch.zeros(4, dtype=torch.long))
+    trainer = Trainer(
+        model=model,
+        args=arguments(tmp_path),
+        train_dataset=tiny_dataset(16),
+        optimizers=(base, None),
+        callbacks=[SIGUAEpochCallback()],
+    )
+    with pytest.raises(TypeError, match="no SIGUAOptimizer inside AcceleratedOptimizer"):
+        trainer.train()
