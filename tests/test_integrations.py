@@ -54,7 +54,7 @@ def test_require_names_the_version_to_install(monkeypatch: pytest.MonkeyPatch) -
 
 @pytest.mark.parametrize(
     ("module", "distribution", "minimum"),
-    [("transformers", "transformers", "4.46"), ("lightning", "lightning", "2.0")],
+    [("transformers", "transformers", "4.57"), ("lightning", "lightning", "2.5")],
 )
 def test_integration_modules_check_the_version_at_import(
     monkeypatch: pytest.MonkeyPatch, module: str, distribution: str, minimum: str

@@ -99,7 +99,7 @@ def check_logged_objective(trainer: Trainer, calls: list[Call]) -> None:
     assert [c.epoch for c in calls] == [0.0, 0.0, 0.5, 0.5, 1.0, 1.0, 1.5, 1.5]
     logged = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     by_hand = [eq3_by_hand(calls[i]) + eq3_by_hand(calls[i + 1]) for i in range(0, 8, 2)]
-    assert logged == pytest.approx(by_hand, rel=1e-5)
+    assert logged == pytest.approx(by_hand, abs=5e-5)  # transformers < 5 rounds logs to 4 digits
 
 
 def test_sigua_trainer_logs_eq3_over_the_accumulated_batch(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from torch import Tensor
 from ..optimizer import SIGUAOptimizer
 from . import require, sigua_optimizer
 
-require("transformers", "4.46", __name__)
+require("transformers", "4.57", __name__)
 
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments  # noqa: E402
 
