@@ -129,6 +129,7 @@ def selection_table(sizes: list[int], compile_too: bool, device: str) -> list[di
             fn = ours(condition)
             contenders: dict[str, Callable[[], Any]] = {"ours": partial(fn, losses, **inputs)}
             if compile_too:
+                torch._dynamo.reset()  # a fresh cache per condition and size: no recompile limit
                 compiled = torch.compile(fn, fullgraph=True, dynamic=False)
                 contenders["ours compiled"] = partial(compiled, losses, **inputs)
             if name != "NonNegativeCorrection":
@@ -268,7 +269,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, no compile, no CNN: a smoke run")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd contender")
     parser.add_argument("--out", type=Path, default=Path("results/speed.json"))
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (default 1: repeatable on a shared machine)"
+    )
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     sizes = [128, 1024] if args.quick else args.sizes
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
     print(f"torch {torch.__version__}, numpy {np.__version__}, {machine}")
