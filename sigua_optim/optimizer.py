@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any, Literal, NamedTuple, get_args
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 from torch.optim import Optimizer
 
@@ -16,6 +17,7 @@ from .conditions.base import Selection, check_batch, check_epoch
 from .functional import Reduction
 
 NonFinite = Literal["raise", "skip", "unchecked"]
+Scope = Literal["global", "local"]
 
 __all__ = ["SIGUAOptimizer", "StepResult"]
 
@@ -136,6 +138,11 @@ class SIGUAOptimizer(Optimizer):
             Both read one bool back from the device each step (as ``GradScaler`` does).
             ``"unchecked"``: no check and no host synchronisation; a NaN reaches the parameters,
             as in a plain PyTorch step.
+        distributed: under an initialised ``torch.distributed`` process group (DDP, FSDP),
+            ``"global"`` (default) selects over the batches of all ranks, as one process would
+            over their concatenation (the losses are all-gathered; n_b is the global count);
+            ``"local"`` selects within each rank's batch.
+        process_group: the group to select over (default: the world).
 
     Example:
         >>> import torch
@@ -153,6 +160,8 @@ class SIGUAOptimizer(Optimizer):
         (5, 2)
     """
 
+    process_group: Any = None  # not pickled: a group belongs to one process
+
     def __init__(
         self,
         optimizer: Optimizer,
@@ -161,6 +170,8 @@ class SIGUAOptimizer(Optimizer):
         *,
         reduction: Reduction = "paper",
         nonfinite: NonFinite = "raise",
+        distributed: Scope = "global",
+        process_group: Any = None,
     ) -> None:
         if isinstance(optimizer, SIGUAOptimizer):
             raise TypeError("optimizer is already a SIGUAOptimizer: wrap the base optimizer once")
@@ -180,6 +191,10 @@ class SIGUAOptimizer(Optimizer):
         self._gamma = _check_gamma(gamma)
         self.reduction: Reduction = reduction
         self.nonfinite: NonFinite = nonfinite
+        if distributed not in get_args(Scope):
+            raise ValueError(f"distributed must be 'global' or 'local', got {distributed!r}")
+        self.distributed: Scope = distributed
+        self.process_group = process_group
         self.epoch = 0.0
         # The hook tables torch.optim.Optimizer.__init__ would make; param_groups, state and
         # defaults are not copied but delegated to the wrapped optimizer (properties below).
@@ -225,7 +240,7 @@ class SIGUAOptimizer(Optimizer):
         self.optimizer.add_param_group(param_group)
 
     def __getstate__(self) -> dict[str, Any]:
-        keep = ("optimizer", "condition", "_gamma", "reduction", "nonfinite", "epoch")
+        keep = ("optimizer", "condition", "_gamma", "reduction", "nonfinite", "epoch", "distributed")
         return {name: self.__dict__[name] for name in keep}
 
     def __repr__(self) -> str:
@@ -330,7 +345,9 @@ class SIGUAOptimizer(Optimizer):
                 "on (not under torch.no_grad() or after .detach()), or the step cannot learn"
             )
         _check_num_items(num_items, self.reduction)
-        if selection is None:
+        if selection is None and num_items is None and self._world_size() > 1:
+            selection, num_items = self._select_globally(losses, valid, condition, inputs)
+        elif selection is None:
             selection = self._select(losses, valid, condition, inputs)
         elif condition is not None:
             raise TypeError("pass condition= or selection=, not both: a selection is already made")
@@ -343,6 +360,51 @@ class SIGUAOptimizer(Optimizer):
             losses, selection.good, selection.bad, self.gamma, self.reduction, num_items
         )
         return objective, Selection(selection.good.reshape(shape), selection.bad.reshape(shape))
+
+    def _world_size(self) -> int:
+        """Ranks sharing the selection: > 1 under an initialised process group, scope "global"."""
+        if self.distributed == "local" or not dist.is_available() or not dist.is_initialized():
+            return 1
+        return int(dist.get_world_size(self.process_group))
+
+    def _select_globally(
+        self, losses: Tensor, valid: Tensor | None, condition: Any, inputs: dict[str, Any]
+    ) -> tuple[Selection, Tensor]:
+        """Select over the batches of all ranks, as one process would over their concatenation.
+
+        The losses (and every per-sample input) are all-gathered, padded to the largest local
+        batch; the condition runs on the whole; each rank keeps its slice. The divisor of Eq. 3
+        is the global count over the world size, since DDP and FSDP average the gradients of
+        the ranks. Costs two all-gathers and one host read of the local sizes per step.
+        """
+        world, rank = self._world_size(), dist.get_rank(self.process_group)
+        n = losses.shape[0]
+        sizes = [torch.zeros(1, dtype=torch.long, device=losses.device) for _ in range(world)]
+        dist.all_gather(sizes, torch.tensor([n], device=losses.device), group=self.process_group)
+        counts = [int(size) for size in sizes]  # host read: the gathered shapes depend on it
+        width = max(counts)
+        mine = torch.ones(n, dtype=torch.bool, device=losses.device) if valid is None else valid
+
+        def gather(value: Tensor) -> Tensor:
+            padded = value.new_zeros((width, *value.shape[1:]))
+            padded[:n] = value
+            parts = [torch.empty_like(padded) for _ in range(world)]
+            dist.all_gather(parts, padded.contiguous(), group=self.process_group)
+            return torch.cat(parts)
+
+        everyone = gather(mine)
+        shared = {
+            name: gather(value) if isinstance(value, Tensor) and value.shape[:1] == (n,) else value
+            for name, value in inputs.items()
+            if name != "valid"
+        }
+        padded = valid is not None or len(set(counts)) > 1
+        if padded:
+            shared["valid"] = everyone
+        whole = self._select(gather(losses.detach()), everyone if padded else None, condition, shared)
+        start = rank * width
+        local = Selection(whole.good[start : start + n], whole.bad[start : start + n])
+        return local, everyone.sum().double().clamp_min(1) / world
 
     def _nonfinite(self, losses: Tensor, valid: Tensor | None) -> bool:
         """True when a (valid) loss is NaN/inf and nonfinite="skip"; raises under "raise"."""

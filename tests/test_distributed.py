@@ -1,0 +1,102 @@
+"""Global selection under torch.distributed: 2 processes (gloo, CPU) equal one process on the
+concatenated batch — masks, objective, gradients after DDP's all-reduce, and the update."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from sigua_optim import SIGUAOptimizer
+from sigua_optim.conditions import BandSelected
+
+WORLD = 2
+
+
+def model_and_data(sizes: tuple[int, ...]) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
+    g = torch.Generator().manual_seed(1)
+    total = sum(sizes)
+    return (
+        model,
+        torch.randn(total, 5, generator=g, dtype=torch.float64),
+        torch.randint(0, 3, (total,), generator=g),
+    )
+
+
+def make_optimizer(model: torch.nn.Module, scope: str) -> SIGUAOptimizer:
+    condition = BandSelected(0.4, 0.3, warmup_epochs=0)
+    return SIGUAOptimizer(torch.optim.SGD(model.parameters(), lr=0.5), condition, 0.2, distributed=scope)  # type: ignore[arg-type]
+
+
+def worker(rank: int, init_file: str, out: str, sizes: tuple[int, ...], scope: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        model, x, y = model_and_data(sizes)
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        opt = make_optimizer(ddp, scope)
+        start = sum(sizes[:rank])
+        part = slice(start, start + sizes[rank])
+        result = opt.step(F.cross_entropy(ddp(x[part]), y[part], reduction="none"))
+        grads = [p.grad.clone() for p in model.parameters()]  # type: ignore[union-attr]
+        torch.save(
+            {
+                "good": result.good,
+                "bad": result.bad,
+                "objective": result.objective,
+                "grads": grads,
+                "params": [p.detach().clone() for p in model.parameters()],
+            },
+            f"{out}/rank{rank}.pt",
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def run_world(tmp_path: Path, sizes: tuple[int, ...], scope: str) -> list[dict[str, object]]:
+    mp.spawn(worker, args=(str(tmp_path / "init"), str(tmp_path), sizes, scope), nprocs=WORLD, join=True)
+    return [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+
+
+@pytest.mark.parametrize("sizes", [(12, 12), (12, 7)])
+def test_global_selection_equals_one_process_on_the_concatenated_batch(
+    tmp_path: Path, sizes: tuple[int, int]
+) -> None:
+    ranks = run_world(tmp_path, sizes, "global")
+    model, x, y = model_and_data(sizes)  # one process, the concatenated batch, no process group
+    whole = make_optimizer(model, "global").step(F.cross_entropy(model(x), y, reduction="none"))
+    assert torch.cat([r["good"] for r in ranks]).tolist() == whole.good.tolist()  # type: ignore[misc]
+    assert torch.cat([r["bad"] for r in ranks]).tolist() == whole.bad.tolist()  # type: ignore[misc]
+    fresh, starts = model_and_data(sizes)[0], (0, sizes[0])
+    local = [
+        BandSelected(0.4, 0.3, warmup_epochs=0)(
+            F.cross_entropy(fresh(x[a : a + n]), y[a : a + n], reduction="none").detach()
+        ).good.tolist()
+        for a, n in zip(starts, sizes, strict=True)
+    ]
+    assert local != [r["good"].tolist() for r in ranks]  # type: ignore[attr-defined]  # global differs from local
+    # Each rank's objective is its share times the world size; their mean is Eq. 3 of the whole.
+    mean_objective = sum(float(r["objective"]) for r in ranks) / WORLD  # type: ignore[arg-type]
+    assert mean_objective == pytest.approx(float(whole.objective), rel=1e-12)
+    for r in ranks:  # gradients after DDP's all-reduce, and the parameters after the step
+        for got, want in zip(r["grads"], model.parameters(), strict=True):  # type: ignore[call-overload]
+            torch.testing.assert_close(got, want.grad)
+        for got, want in zip(r["params"], model.parameters(), strict=True):  # type: ignore[call-overload]
+            torch.testing.assert_close(got, want.detach())
+
+
+def test_local_selection_selects_within_each_rank(tmp_path: Path) -> None:
+    sizes = (10, 10)
+    ranks = run_world(tmp_path, sizes, "local")
+    model, x, y = model_and_data(sizes)
+    for rank, r in enumerate(ranks):
+        part = slice(rank * 10, rank * 10 + 10)
+        want = BandSelected(0.4, 0.3, warmup_epochs=0)(
+            F.cross_entropy(model(x[part]), y[part], reduction="none").detach()
+        )
+        assert r["good"].tolist() == want.good.tolist()  # type: ignore[attr-defined]
