@@ -50,3 +50,25 @@ def test_nonnegative_correction_compiles_fullgraph() -> None:
     assert NonNegativeCorrection(symmetric(4, 0.3))(
         torch.zeros(16), logits=logits, targets=targets
     ).good.equal(select(logits, targets)[0])
+
+
+def test_a_compiled_model_does_not_recompile_when_gamma_or_the_epoch_change() -> None:
+    import torch.nn.functional as F
+    from torch._dynamo.testing import CompileCounter
+
+    from sigua_optim import SIGUAOptimizer
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    compiled = torch.compile(model, backend=counter)
+    opt = SIGUAOptimizer(torch.optim.Adam(model.parameters()), BandSelected(0.4, 0.2), 0.01)
+    scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=1)  # patches opt.step
+    x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+    for epoch, gamma in enumerate([0.01, 0.5, 0.0, 1.0]):
+        opt.set_epoch(epoch * 4.5)
+        opt.gamma = gamma
+        opt.zero_grad()
+        opt.step(F.cross_entropy(compiled(x), y, reduction="none"))
+        scheduler.step()
+    assert counter.frame_count == 1

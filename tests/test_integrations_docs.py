@@ -34,7 +34,8 @@ def run(section: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[s
 
 def test_every_python_block_is_tested() -> None:
     tested = ["Plain PyTorch", "Hugging Face Trainer", "Lightning: automatic optimization"]
-    tested += ["Lightning: manual optimization", "Accelerate"]
+    tested += ["Lightning: manual optimization", "Accelerate", "Mixed precision", "Gradient accumulation"]
+    tested += ["Per-token losses", "Distributed: DDP and FSDP"]
     assert sum(len(recipes(section)) for section in tested) == DOC.count("```python")
 
 
@@ -72,3 +73,24 @@ def test_accelerate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert ns["checkpoint"]["sigua"]["epoch"] == 2
     assert all(state["step"] == 12 for state in ns["opt"].state.values())
     assert isinstance(ns["checkpoint"]["state"][0]["exp_avg"], torch.Tensor)
+
+
+def test_mixed_precision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ns = run("Mixed precision", tmp_path, monkeypatch)
+    assert ns["result"].good.sum() > 0 and ns["scaler"].get_scale() > 0
+    assert ns["model"].weight.grad is not None
+
+
+def test_gradient_accumulation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ns = run("Gradient accumulation", tmp_path, monkeypatch)
+    assert int(ns["selection"].good.sum()) == 96 * 6 // 10 + 1  # Eq. 5 on the whole 96
+
+
+def test_per_token_losses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ns = run("Per-token losses", tmp_path, monkeypatch)
+    assert ns["result"].good.shape == (4,)  # the last step selected whole sequences
+
+
+def test_distributed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ns = run("Distributed: DDP and FSDP", tmp_path, monkeypatch)
+    assert ns["result"].good.shape == (64,) and not torch.distributed.is_initialized()
