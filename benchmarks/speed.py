@@ -22,7 +22,6 @@ import json
 import math
 import multiprocessing
 import platform
-import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -68,7 +67,7 @@ def interleaved(contenders: dict[str, Callable[[], Any]], repeats: int) -> dict[
 
 
 def repeats_for(n: int) -> int:
-    return max(5, min(200, 4_000_000 // max(n, 1)))
+    return max(7, min(200, 2_000_000 // max(n, 1)))
 
 
 # -- 1. selection + reduction -------------------------------------------------------------------
@@ -133,7 +132,7 @@ def selection_table(sizes: list[int], compile_too: bool, device: str) -> list[di
                 compiled = torch.compile(fn, fullgraph=True, dynamic=False)
                 contenders["ours compiled"] = partial(compiled, losses, **inputs)
             if name != "NonNegativeCorrection":
-                if n <= PAIRWISE_LIMIT:
+                if n <= PAIRWISE_LIMIT // 4:
                     contenders["pairwise Eq. 5"] = partial(pairwise, losses, band)
                 contenders["authors"] = partial(authors, losses, band)
                 contenders["topk"] = partial(topk, losses, band)
@@ -142,6 +141,9 @@ def selection_table(sizes: list[int], compile_too: bool, device: str) -> list[di
             contenders["floor kthvalue"] = partial(torch.kthvalue, losses.detach(), k)
             contenders["floor sum"] = losses.detach().sum
             times = interleaved(contenders, repeats_for(n))
+            if PAIRWISE_LIMIT // 4 < n <= PAIRWISE_LIMIT and name != "NonNegativeCorrection":
+                # Seconds a call at this size: a few repeats of its own, in the same run.
+                times |= interleaved({"pairwise Eq. 5": partial(pairwise, losses, band)}, 3)
             rows.append(
                 {"device": device, "condition": name, "n": n, "ms": {c: t * 1e3 for c, t in times.items()}}
             )
@@ -171,43 +173,63 @@ def _sigua_step(model: torch.nn.Module, opt: SIGUAOptimizer, x: torch.Tensor, y:
     opt.step(F.cross_entropy(model(x), y, reduction="none"))
 
 
+def _mean_loss(logits: torch.Tensor, y: torch.Tensor) -> None:
+    F.cross_entropy(logits, y).backward()
+
+
+def _sigua_loss(opt: SIGUAOptimizer, logits: torch.Tensor, y: torch.Tensor) -> None:
+    opt.objective(F.cross_entropy(logits, y, reduction="none")).backward()
+
+
 def step_overhead(repeats: dict[str, int], device: str) -> list[dict[str, Any]]:
+    """Plain and SIGUA steps take turns on ONE model and optimizer (same memory, same caches),
+    and, to isolate what SIGUA adds, the loss alone (forward and backward from fixed logits)."""
     rows = []
     for name, build in (("deep MLP (Fig. 1)", deep_mlp), ("9-layer CNN", cnn9)):
         if not repeats.get(name):
             continue
         torch.manual_seed(0)
-        plain_model = build().to(device)
-        sigua_model = build().to(device)
-        sigua_model.load_state_dict(plain_model.state_dict())
-        plain = torch.optim.SGD(plain_model.parameters(), lr=0.01, momentum=0.9)
-        sigua = SIGUAOptimizer(
-            torch.optim.SGD(sigua_model.parameters(), lr=0.01, momentum=0.9),
-            BandSelected(EPS, BAND, warmup_epochs=0),
-            GAMMA,
-        )
+        model = build().to(device)
+        plain = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        sigua = SIGUAOptimizer(plain, BandSelected(EPS, BAND, warmup_epochs=0), GAMMA)
         generator = torch.Generator().manual_seed(1)
         x = torch.rand(128, 784, generator=generator).to(device)
         y = torch.randint(0, 10, (128,), generator=generator).to(device)
-
-        plain_step = partial(_plain_step, plain_model, plain, x, y)
-        sigua_step = partial(_sigua_step, sigua_model, sigua, x, y)
-        times = interleaved({"plain": plain_step, "SIGUA": sigua_step}, repeats[name])
+        steps = {
+            "plain": partial(_plain_step, model, plain, x, y),
+            "SIGUA": partial(_sigua_step, model, sigua, x, y),
+        }
+        times = interleaved(steps, repeats[name])
+        logits = torch.randn(128, 10, device=device, requires_grad=True)
+        losses = {"mean": partial(_mean_loss, logits, y), "SIGUA": partial(_sigua_loss, sigua, logits, y)}
+        loss_times = interleaved(losses, 500)
+        extra_us = (loss_times["SIGUA"] - loss_times["mean"]) * 1e6
         row = {
             "device": device,
             "model": name,
             "ms": {k: v * 1e3 for k, v in times.items()},
             "ratio": times["SIGUA"] / times["plain"],
+            "loss_us": {k: v * 1e6 for k, v in loss_times.items()},
+            "extra_over_plain_step": extra_us / (times["plain"] * 1e6),
         }
         print(
             f"{name:>18} ({device}): plain {row['ms']['plain']:.2f} ms, SIGUA {row['ms']['SIGUA']:.2f} ms, "
-            f"ratio {row['ratio']:.3f}"
+            f"ratio {row['ratio']:.3f}; the loss alone: mean {loss_times['mean'] * 1e6:.1f} us, "
+            f"SIGUA {loss_times['SIGUA'] * 1e6:.1f} us, extra {row['extra_over_plain_step']:.2%} of a step"
         )
         rows.append(row)
     return rows
 
 
 # -- 3. peak memory ------------------------------------------------------------------------------
+def _resident_kib(key: str) -> int:
+    """A line of /proc/self/status: VmRSS (resident now) or VmHWM (its peak), in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {key} in /proc/self/status")
+
+
 def _peak_probe(name: str, n: int, queue: Any) -> None:
     torch.set_num_threads(1)
     losses = torch.rand(n).requires_grad_(True)
@@ -217,10 +239,10 @@ def _peak_probe(name: str, n: int, queue: Any) -> None:
         else SmallLoss(EPS, warmup_epochs=0)
     )
     ours(condition)(torch.rand(64).requires_grad_(True))  # warm up every code path
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak to what is resident now
+    before = _resident_kib("VmRSS")
     ours(condition)(losses)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    queue.put((after - before) * 1024)
+    queue.put((_resident_kib("VmHWM") - before) * 1024)
 
 
 def peak_memory(sizes: list[int]) -> list[dict[str, Any]]:

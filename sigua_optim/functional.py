@@ -18,6 +18,7 @@ Both return an element of the input, so the comparisons that follow are exact in
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, Literal
 
@@ -75,16 +76,20 @@ def _host_array(losses: Tensor) -> np.ndarray[Any, Any] | None:
 def _kth_smallest(losses: Tensor, array: np.ndarray[Any, Any] | None, ks: list[int]) -> list[Tensor | float]:
     """The k-th smallest losses, for each k of ``ks`` (ascending, each in ``[1, n]``).
 
-    On the host: ``numpy.partition`` at the largest k, then each smaller k within the part left
-    of the previous one (one partition with several kth is many times slower). On a device:
-    ``torch.kthvalue``, which keeps the values there.
+    On the host: ``numpy.partition`` (a copy) at the smallest k, then each larger k by an
+    in-place partition of the part right of the previous one (one partition with several kth is
+    many times slower). On a device: ``torch.kthvalue``, which keeps the values there.
     """
     if array is None:
         return [torch.kthvalue(losses.detach(), k).values for k in ks]
-    values: list[Tensor | float] = []
-    for k in reversed(ks):
-        array = np.partition(array, k - 1)[:k]
-        values.insert(0, float(array[-1]))
+    if not ks:
+        return []
+    part = np.partition(array, ks[0] - 1)
+    values: list[Tensor | float] = [float(part[ks[0] - 1])]
+    for previous, k in itertools.pairwise(ks):
+        right = part[previous:]  # the losses of rank >= previous, in place
+        right.partition(k - previous - 1)
+        values.append(float(right[k - previous - 1]))
     return values
 
 
