@@ -227,6 +227,4 @@ def test_user_condition_returning_something_else(returned: Any) -> None:
     def call(m: Any, o: SIGUAOptimizer, x: Any, y: Any) -> None:
         o.step(losses_of(m, x, y), condition=lambda losses, **_: returned)
 
-    assert_rejected(
-        TypeError, "must be Selection\\(good, bad\\), two bool tensors of shape \\(6,\\)", call
-    )
+    assert_rejected(TypeError, "must be Selection\\(good, bad\\), two bool tensors of shape \\(6,\\)", call)
