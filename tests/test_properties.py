@@ -171,3 +171,23 @@ def test_device_path_ranks_valid_losses_as_the_host_path(
     device = functional._rank_at_most_on_device(losses.detach(), bounds, valid)
     for got, want in zip(device, host, strict=True):
         assert got.tolist() == want.tolist()
+
+
+@given(loss_vectors(), st.data(), rates(), rates(), st.booleans())
+def test_host_and_device_selection_agree(
+    losses: torch.Tensor, data: st.DataObject, rate: float, band: float, masked: bool
+) -> None:
+    """numpy's selection (CPU, n >= HOST_MIN_SIZE) equals torch's (small n, devices, compile)."""
+    n = losses.shape[0]
+    valid = torch.tensor(data.draw(st.lists(st.booleans(), min_size=n, max_size=n))) if masked else None
+    bounds = ((rate,), (rate, band))
+    on_device = functional._rank_at_most(losses, bounds, valid)
+    threshold = functional.HOST_MIN_SIZE
+    functional.HOST_MIN_SIZE = 0
+    try:
+        on_host = functional._rank_at_most(losses, bounds, valid)
+        lowest = functional.lowest_k_mask(losses, data.draw(st.integers(0, n)))
+    finally:
+        functional.HOST_MIN_SIZE = threshold
+    assert [m.tolist() for m in on_host] == [m.tolist() for m in on_device]
+    assert functional.lowest_k_mask(losses, int(lowest.sum())).tolist() == lowest.tolist()
