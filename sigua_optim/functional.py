@@ -116,11 +116,12 @@ def _rank_at_most(losses: Tensor, bounds: tuple[Bound, ...], valid: Tensor | Non
     ms = [math.floor(sum(n * rate for rate in bound)) for bound in bounds]
     ks = sorted({m + 1 for m in ms if 0 <= m < n})
     kth = dict(zip(ks, _kth_smallest(losses, subset, ks), strict=True))
-    everyone = torch.ones_like(detached, dtype=torch.bool) if valid is None else valid
     masks = []
     for m in ms:
-        if m >= n or m < 0:
-            masks.append(everyone.clone() if m >= n else torch.zeros_like(everyone))
+        if m < 0:
+            masks.append(torch.zeros_like(detached, dtype=torch.bool))
+        elif m >= n:
+            masks.append(torch.ones_like(detached, dtype=torch.bool) if valid is None else valid.clone())
         elif array is not None:
             within = torch.from_numpy(array <= kth[m + 1])
             masks.append(within if valid is None else within & valid)
@@ -196,17 +197,24 @@ def lowest_k_mask(losses: Tensor, k: int) -> Tensor:
     The selection of the authors' code (``argsort`` then the first ``k``) with its arbitrary
     tie-break made deterministic. O(n): one order statistic and one cumulative sum.
     """
+    return _lowest_k_masks(losses, [k])[0]
+
+
+def _lowest_k_masks(losses: Tensor, ks: list[int]) -> list[Tensor]:
+    """:func:`lowest_k_mask` for each k of ``ks``, with one selection for all of them."""
     n = losses.shape[0]
-    if k >= n:
-        return torch.ones_like(losses, dtype=torch.bool)
-    if k <= 0:
-        return torch.zeros_like(losses, dtype=torch.bool)
-    (threshold,) = _kth_smallest(losses, _host_array(losses), [k])
+    inner = sorted({k for k in ks if 0 < k < n})
+    kth = dict(zip(inner, _kth_smallest(losses, _host_array(losses), inner), strict=True))
     detached = losses.detach()
-    below = detached < threshold
-    tied = detached == threshold
-    room = k - below.sum()
-    return below | (tied & (tied.cumsum(0) <= room))
+    masks = []
+    for k in ks:
+        if k >= n or k <= 0:
+            masks.append(torch.full_like(detached, k >= n, dtype=torch.bool))
+            continue
+        below = detached < kth[k]
+        tied = detached == kth[k]
+        masks.append(below | (tied & (tied.cumsum(0) <= k - below.sum())))
+    return masks
 
 
 def official_small_loss_mask(losses: Tensor, rate: float) -> Tensor:
@@ -225,8 +233,8 @@ def official_band_masks(losses: Tensor, rate: float, bad_fraction: float) -> tup
     n = losses.shape[0]
     n_good = math.floor(n * rate)
     n_bad = max(math.floor((n - n_good) * bad_fraction), 1)
-    good = lowest_k_mask(losses, n_good)
-    return good, lowest_k_mask(losses, n_good + n_bad) > good
+    good, within = _lowest_k_masks(losses, [n_good, n_good + n_bad])
+    return good, within > good
 
 
 def nonnegative_masks(
