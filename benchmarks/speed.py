@@ -22,6 +22,7 @@ import json
 import math
 import multiprocessing
 import platform
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -48,22 +49,44 @@ def _synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def interleaved(contenders: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
-    """Median seconds per call of each contender, taking turns, after one warm-up call each.
+def samples(
+    contenders: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Seconds per call of each contender over ``repeats`` rounds in which they take turns, the
+    order reversed every other round (so that none always runs first), after ``warmup`` calls each.
 
     Each call is timed to the end of its GPU work (a device synchronisation when CUDA is there).
     """
     for fn in contenders.values():
-        fn()
+        for _ in range(warmup):
+            fn()
     times: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(repeats):
-        for name, fn in contenders.items():
+    names = list(contenders)
+    for round_ in range(repeats):
+        for name in names if round_ % 2 == 0 else names[::-1]:
             _synchronize()
             start = time.perf_counter()
-            fn()
+            contenders[name]()
             _synchronize()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times
+
+
+def interleaved(contenders: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Median seconds per call of each contender (see :func:`samples`)."""
+    return {name: statistics.median(ts) for name, ts in samples(contenders, repeats).items()}
+
+
+def paired_ratio(times: list[float], base: list[float]) -> tuple[float, float, float]:
+    """The median of the per-round ratios ``times / base`` and its 90% bootstrap interval.
+
+    A ratio of two calls made back to back cancels the slow drifts of a shared machine that a
+    ratio of two medians keeps.
+    """
+    ratios = [t / b for t, b in zip(times, base, strict=True)]
+    rng = random.Random(0)
+    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(200))
+    return statistics.median(ratios), medians[10], medians[189]
 
 
 def repeats_for(n: int) -> int:
@@ -199,23 +222,26 @@ def step_overhead(repeats: dict[str, int], device: str) -> list[dict[str, Any]]:
             "plain": partial(_plain_step, model, plain, x, y),
             "SIGUA": partial(_sigua_step, model, sigua, x, y),
         }
-        times = interleaved(steps, repeats[name])
+        times = samples(steps, repeats[name], warmup=max(3, repeats[name] // 100))
+        ratio, low, high = paired_ratio(times["SIGUA"], times["plain"])
+        ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
         logits = torch.randn(128, 10, device=device, requires_grad=True)
         losses = {"mean": partial(_mean_loss, logits, y), "SIGUA": partial(_sigua_loss, sigua, logits, y)}
         loss_times = interleaved(losses, 500)
-        extra_us = (loss_times["SIGUA"] - loss_times["mean"]) * 1e6
         row = {
             "device": device,
             "model": name,
-            "ms": {k: v * 1e3 for k, v in times.items()},
-            "ratio": times["SIGUA"] / times["plain"],
+            "repeats": repeats[name],
+            "ms": ms,
+            "ratio": ratio,
+            "ratio_ci90": [low, high],
+            "extra_ms_in_step": ms["SIGUA"] - ms["plain"],
             "loss_us": {k: v * 1e6 for k, v in loss_times.items()},
-            "extra_over_plain_step": extra_us / (times["plain"] * 1e6),
         }
         print(
-            f"{name:>18} ({device}): plain {row['ms']['plain']:.2f} ms, SIGUA {row['ms']['SIGUA']:.2f} ms, "
-            f"ratio {row['ratio']:.3f}; the loss alone: mean {loss_times['mean'] * 1e6:.1f} us, "
-            f"SIGUA {loss_times['SIGUA'] * 1e6:.1f} us, extra {row['extra_over_plain_step']:.2%} of a step"
+            f"{name:>18} ({device}): plain {ms['plain']:.2f} ms, SIGUA {ms['SIGUA']:.2f} ms, "
+            f"ratio {ratio:.4f} (90% CI {low:.4f}-{high:.4f}, {repeats[name]} pairs); the loss alone "
+            f"in a hot loop: mean {loss_times['mean'] * 1e6:.1f} us, SIGUA {loss_times['SIGUA'] * 1e6:.1f} us"
         )
         rows.append(row)
     return rows
@@ -302,7 +328,7 @@ def main(argv: list[str] | None = None) -> None:
     devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
     if torch.cuda.is_available():
         print(f"GPU: {torch.cuda.get_device_name()}")
-    repeats = {"deep MLP (Fig. 1)": 5 if args.quick else 60, "9-layer CNN": 0 if args.quick else 5}
+    repeats = {"deep MLP (Fig. 1)": 5 if args.quick else 1000, "9-layer CNN": 0 if args.quick else 7}
     selection, overhead = [], []
     for device in devices:
         print(f"\n1. selection + reduction on {device}, median ms")

@@ -2,6 +2,7 @@ r"""SIGUAOptimizer: the step of Algorithm 1 around any ``torch.optim`` optimizer
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple, get_args
@@ -18,6 +19,7 @@ from .functional import Reduction
 
 NonFinite = Literal["raise", "skip", "unchecked"]
 Scope = Literal["global", "local"]
+_DISTRIBUTED = dist.is_available()  # a property of the torch build
 
 __all__ = ["SIGUAOptimizer", "StepResult"]
 
@@ -135,7 +137,8 @@ class SIGUAOptimizer(Optimizer):
             :math:`\mathrm{mean}_{good}(\ell) - \gamma\,\mathrm{mean}_{bad}(\ell)`.
         nonfinite: what a NaN or infinite loss does. ``"raise"`` (default): a ValueError before
             anything changes. ``"skip"``: no backward, no step, ``result.skipped`` is True.
-            Both read one bool back from the device each step (as ``GradScaler`` does).
+            Both read one number back from the device each step, the objective, which a NaN
+            or inf loss makes NaN or inf (as ``GradScaler`` reads one).
             ``"unchecked"``: no check and no host synchronisation; a NaN reaches the parameters,
             as in a plain PyTorch step.
         distributed: under an initialised ``torch.distributed`` process group (DDP, FSDP),
@@ -354,16 +357,20 @@ class SIGUAOptimizer(Optimizer):
         else:
             _check_selection(selection, losses.reshape(shape), "selection=")
             selection = Selection(selection.good.reshape(-1), selection.bad.reshape(-1))
-        if num_items is None and valid is not None:
-            num_items = valid.sum().clamp_min(1)  # n_b of Eq. 3 counts the real tokens
+        if valid is not None:
+            losses = torch.where(valid, losses, 0.0)  # padding, whatever it holds, weighs 0 (not NaN)
+            if num_items is None:
+                num_items = valid.sum().clamp_min(1)  # n_b of Eq. 3 counts the real tokens
         objective = functional.sigua_objective(
             losses, selection.good, selection.bad, self.gamma, self.reduction, num_items
         )
-        return objective, Selection(selection.good.reshape(shape), selection.bad.reshape(shape))
+        if len(shape) > 1:
+            selection = Selection(selection.good.reshape(shape), selection.bad.reshape(shape))
+        return objective, selection
 
     def _world_size(self) -> int:
         """Ranks sharing the selection: > 1 under an initialised process group, scope "global"."""
-        if self.distributed == "local" or not dist.is_available() or not dist.is_initialized():
+        if self.distributed == "local" or not _DISTRIBUTED or not dist.is_initialized():
             return 1
         return int(dist.get_world_size(self.process_group))
 
@@ -406,9 +413,15 @@ class SIGUAOptimizer(Optimizer):
         local = Selection(whole.good[start : start + n], whole.bad[start : start + n])
         return local, everyone.sum().double().clamp_min(1) / world
 
-    def _nonfinite(self, losses: Tensor, valid: Tensor | None) -> bool:
-        """True when a (valid) loss is NaN/inf and nonfinite="skip"; raises under "raise"."""
-        if self.nonfinite == "unchecked":
+    def _nonfinite(self, objective: Tensor, losses: Tensor, valid: Tensor | None) -> bool:
+        """True when a (valid) loss is NaN/inf and nonfinite="skip"; raises under "raise".
+
+        Every loss enters the objective's dot product, an ignored one with weight 0, and
+        0 * inf is NaN: a NaN or inf loss makes the objective NaN or inf. One host read of that
+        scalar therefore clears a step; the losses are looked at one by one only when it is not
+        finite (padding tokens may be, and a huge but finite objective may overflow).
+        """
+        if self.nonfinite == "unchecked" or math.isfinite(float(objective)):
             return False
         finite = torch.isfinite(losses.detach())
         if valid is not None:
@@ -473,15 +486,16 @@ class SIGUAOptimizer(Optimizer):
         if closure is not None:
             raise TypeError("pass either per-sample losses or a closure to step(), not both")
         objective, chosen = self._select_and_reduce(losses, condition, selection, num_items, inputs)
-        if self._nonfinite(losses, inputs.get("valid")):
-            return StepResult(objective.detach(), chosen.good, chosen.bad, skipped=True)
+        value = objective.detach()
+        if self._nonfinite(value, losses, inputs.get("valid")):
+            return StepResult(value, chosen.good, chosen.bad, skipped=True)
         if scaler is None:
             objective.backward()  # type: ignore[no-untyped-call]
             self.optimizer.step()
         else:
             scaler.scale(objective).backward()  # type: ignore[no-untyped-call]
             scaler.step(self.optimizer)
-        return StepResult(objective.detach(), chosen.good, chosen.bad)
+        return StepResult(value, chosen.good, chosen.bad)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

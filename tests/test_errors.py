@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from sigua_optim import SIGUAOptimizer
-from sigua_optim.conditions import BandSelected, KnownClean, NonNegativeCorrection, SmallLoss
+from sigua_optim.conditions import BandSelected, KnownClean, NonNegativeCorrection, Selection, SmallLoss
 from sigua_optim.losses import backward_corrected_cross_entropy
 from sigua_optim.noise import symmetric
 
@@ -68,6 +68,23 @@ def test_two_dimensional_losses() -> None:
 def test_nonfinite_losses_raise_by_default(bad: float) -> None:
     def call(m: Any, o: SIGUAOptimizer, x: Any, y: Any) -> None:
         o.step(losses_of(m, x, y) * torch.tensor([1.0, 1.0, bad, 1.0, 1.0, 1.0]))
+
+    assert_rejected(ValueError, "NaN or inf \\(at indices \\[2\\]", call)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("reduction", ["paper", "official"])
+def test_nonfinite_loss_of_an_ignored_sample_raises(bad: float, reduction: str) -> None:
+    """The check reads the objective, where an ignored (weight 0) inf still gives 0 * inf = NaN."""
+
+    def ignore_third(losses: torch.Tensor, **_: Any) -> Selection:
+        good = torch.ones_like(losses, dtype=torch.bool)
+        good[2] = False
+        return Selection(good, torch.zeros_like(good))
+
+    def call(m: Any, o: SIGUAOptimizer, x: Any, y: Any) -> None:
+        o.reduction = reduction  # type: ignore[assignment]
+        o.step(losses_of(m, x, y) * torch.tensor([1.0, 1.0, bad, 1.0, 1.0, 1.0]), condition=ignore_third)
 
     assert_rejected(ValueError, "NaN or inf \\(at indices \\[2\\]", call)
 

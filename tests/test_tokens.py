@@ -55,6 +55,23 @@ def test_token_step_is_algorithm1_over_the_real_tokens() -> None:
         torch.testing.assert_close(p, q)
 
 
+@pytest.mark.parametrize("garbage", [float("nan"), float("inf")])
+def test_nonfinite_padding_is_neither_checked_nor_summed(garbage: float) -> None:
+    """Losses at padding may hold anything: the step neither raises nor lets them into Eq. 3."""
+    model, tokens, targets, valid = language_model()
+    twin = copy.deepcopy(model)
+    condition = BandSelected(0.4, 0.3, 0)
+    opt = SIGUAOptimizer(torch.optim.SGD(model.parameters(), lr=0.5), condition, 0.2)
+    dirty = token_losses(model, tokens, targets) + torch.zeros(BATCH, SEQ).masked_fill(~valid, garbage)
+    result = opt.step(dirty, valid=valid)
+    clean = SIGUAOptimizer(torch.optim.SGD(twin.parameters(), lr=0.5), condition, 0.2)
+    expected = clean.step(token_losses(twin, tokens, targets), valid=valid)
+    assert not result.skipped and torch.equal(result.good, expected.good)
+    torch.testing.assert_close(result.objective, expected.objective)
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+
+
 def test_sequence_selection_on_the_mean_token_loss() -> None:
     model, tokens, targets, valid = language_model()
     opt = SIGUAOptimizer(torch.optim.SGD(model.parameters(), lr=0.5), SmallLoss(0.5, 0), 0.2)
