@@ -53,7 +53,8 @@ def samples(
     contenders: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1
 ) -> dict[str, list[float]]:
     """Seconds per call of each contender over ``repeats`` rounds in which they take turns, the
-    order reversed every other round (so that none always runs first), after ``warmup`` calls each.
+    order rotated by one each round and reversed every other cycle (so that each runs in every
+    position, after every other, equally often), after ``warmup`` calls each.
 
     Each call is timed to the end of its GPU work (a device synchronisation when CUDA is there).
     """
@@ -63,7 +64,9 @@ def samples(
     times: dict[str, list[float]] = {name: [] for name in contenders}
     names = list(contenders)
     for round_ in range(repeats):
-        for name in names if round_ % 2 == 0 else names[::-1]:
+        shift = round_ % len(names)
+        order = names[shift:] + names[:shift]
+        for name in order if round_ // len(names) % 2 == 0 else order[::-1]:
             _synchronize()
             start = time.perf_counter()
             contenders[name]()
