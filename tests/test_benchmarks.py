@@ -198,7 +198,7 @@ def test_speed_samples_alternate_and_paired_ratio_reads_them() -> None:
 
     calls: list[str] = []
     times = samples({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 3, warmup=2)
-    assert calls == ["a", "a", "b", "b", "a", "b", "b", "a", "b", "a"]  # warm-up; a-b, b-a; then reversed: b-a
+    assert calls == ["a", "a", "b", "b", "a", "b", "b", "a", "b", "a"]  # warm-up, a-b, b-a, reversed a-b
     assert [len(v) for v in times.values()] == [3, 3]
     ratio, low, high = paired_ratio([2.0, 4.2, 6.0, 8.0], [1.0, 2.0, 3.0, 4.0])
     assert ratio == 2.0 and 2.0 <= high <= 2.1 and low == 2.0
