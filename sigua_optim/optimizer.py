@@ -416,10 +416,11 @@ class SIGUAOptimizer(Optimizer):
     def _nonfinite(self, objective: Tensor, losses: Tensor, valid: Tensor | None) -> bool:
         """True when a (valid) loss is NaN/inf and nonfinite="skip"; raises under "raise".
 
-        Every loss enters the objective's dot product, an ignored one with weight 0, and
-        0 * inf is NaN: a NaN or inf loss makes the objective NaN or inf. One host read of that
-        scalar therefore clears a step; the losses are looked at one by one only when it is not
-        finite (padding tokens may be, and a huge but finite objective may overflow).
+        Every loss but padding enters the objective's dot product, an ignored one with weight
+        0, and 0 * inf is NaN: a NaN or inf loss makes the objective NaN or inf. One host read of
+        that scalar therefore clears a step. Only when it is not finite are the losses looked at
+        one by one (finite losses can still overflow the objective; the step then goes on, as
+        a plain step would).
         """
         if self.nonfinite == "unchecked" or math.isfinite(float(objective)):
             return False
