@@ -222,3 +222,15 @@ def test_update_equals_algorithm1_loop(
     tolerance = 8 * torch.finfo(dtype).eps
     for p, q in zip(model.parameters(), twin.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=tolerance, atol=tolerance)
+
+
+def test_finite_losses_whose_objective_overflows_are_not_skipped() -> None:
+    """The non-finite check reads the objective first, but judges the losses: 6e4 + 6e4 > fp16 max."""
+    weight = torch.nn.Parameter(torch.ones(2, dtype=torch.float16))
+    opt = SIGUAOptimizer(
+        torch.optim.SGD([weight], lr=1e-9), KnownClean(), 1.0, reduction="official", nonfinite="skip"
+    )
+    losses = weight * torch.tensor([6e4, -6e4], dtype=torch.float16)
+    result = opt.step(losses, clean=torch.tensor([True, False]))
+    assert not result.skipped and torch.isinf(result.objective)
+    assert weight.grad is not None and torch.equal(weight.grad, torch.tensor([6e4, 6e4], dtype=torch.float16))
