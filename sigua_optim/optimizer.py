@@ -138,7 +138,8 @@ class SIGUAOptimizer(Optimizer):
         nonfinite: what a NaN or infinite loss does. ``"raise"`` (default): a ValueError before
             anything changes. ``"skip"``: no backward, no step, ``result.skipped`` is True.
             Both read one number back from the device each step, the objective, which a NaN
-            or inf loss makes NaN or inf (as ``GradScaler`` reads one).
+            or inf loss makes NaN or inf (as ``GradScaler`` reads one). Under
+            ``torch.distributed`` the ranks decide together, by one all-reduce of one number.
             ``"unchecked"``: no check and no host synchronisation; a NaN reaches the parameters,
             as in a plain PyTorch step.
         distributed: under an initialised ``torch.distributed`` process group (DDP, FSDP),
@@ -368,11 +369,15 @@ class SIGUAOptimizer(Optimizer):
             selection = Selection(selection.good.reshape(shape), selection.bad.reshape(shape))
         return objective, selection
 
-    def _world_size(self) -> int:
-        """Ranks sharing the selection: > 1 under an initialised process group, scope "global"."""
-        if self.distributed == "local" or not _DISTRIBUTED or not dist.is_initialized():
+    def _ranks(self) -> int:
+        """Ranks of ``process_group`` under an initialised torch.distributed; 1 without one."""
+        if not _DISTRIBUTED or not dist.is_initialized():
             return 1
         return int(dist.get_world_size(self.process_group))
+
+    def _world_size(self) -> int:
+        """Ranks sharing the selection: > 1 under an initialised process group, scope "global"."""
+        return 1 if self.distributed == "local" else self._ranks()
 
     def _select_globally(
         self, losses: Tensor, valid: Tensor | None, condition: Any, inputs: dict[str, Any]
@@ -420,22 +425,31 @@ class SIGUAOptimizer(Optimizer):
         0, and 0 * inf is NaN: a NaN or inf loss makes the objective NaN or inf. One host read of
         that scalar therefore clears a step. Only when it is not finite are the losses looked at
         one by one (finite losses can still overflow the objective; the step then goes on, as
-        a plain step would).
+        a plain step would). Under torch.distributed, with either scope, the ranks decide
+        together (one all-reduce of one number): a rank that skipped or raised while the
+        others went on to backward would leave DDP's all-reduce waiting for it.
         """
-        if self.nonfinite == "unchecked" or math.isfinite(float(objective)):
+        if self.nonfinite == "unchecked":
+            return False
+        shared = self._ranks() > 1
+        if not shared and math.isfinite(float(objective)):
             return False
         finite = torch.isfinite(losses.detach())
         if valid is not None:
             finite |= ~valid
-        if bool(finite.all()):
+        anywhere = (~finite).any().int()
+        if shared:
+            dist.all_reduce(anywhere, op=dist.ReduceOp.MAX, group=self.process_group)
+        if not bool(anywhere):
             return False
         if self.nonfinite == "skip":
             return True
         where = (~finite).nonzero()[:8]
         bad = (where.flatten() if finite.ndim == 1 else where).tolist()
+        here = f"at indices {bad}..." if bad else "on another rank; none here"
         raise ValueError(
-            f"losses contain NaN or inf (at indices {bad}...): nothing was changed. Lower the "
-            "learning rate, check the inputs, or pass nonfinite='skip' to skip such steps"
+            f"losses contain NaN or inf ({here}): nothing was changed. Lower the learning rate, "
+            "check the inputs, or pass nonfinite='skip' to skip such steps"
         )
 
     def step(  # type: ignore[override]

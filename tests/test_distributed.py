@@ -3,6 +3,7 @@ concatenated batch — masks, objective, gradients after DDP's all-reduce, and t
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 from pathlib import Path
@@ -31,31 +32,42 @@ def model_and_data(sizes: tuple[int, ...]) -> tuple[torch.nn.Module, torch.Tenso
     )
 
 
-def make_optimizer(model: torch.nn.Module, scope: str) -> SIGUAOptimizer:
+def make_optimizer(model: torch.nn.Module, scope: str, nonfinite: str = "raise") -> SIGUAOptimizer:
     condition = BandSelected(0.4, 0.3, warmup_epochs=0)
-    return SIGUAOptimizer(torch.optim.SGD(model.parameters(), lr=0.5), condition, 0.2, distributed=scope)  # type: ignore[arg-type]
+    base = torch.optim.SGD(model.parameters(), lr=0.5)
+    return SIGUAOptimizer(base, condition, 0.2, distributed=scope, nonfinite=nonfinite)  # type: ignore[arg-type]
 
 
-def worker(rank: int, port: int, out: str, sizes: tuple[int, ...], scope: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+def worker(
+    rank: int, port: int, out: str, sizes: tuple[int, ...], scope: str, nonfinite: str, poison: bool
+) -> None:
+    """One rank's step, saved to ``out``; with ``poison``, rank 1 alone has a NaN loss."""
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=WORLD,
+        timeout=datetime.timedelta(seconds=60),  # a rank left waiting fails the test, not hangs it
+    )
     try:
         model, x, y = model_and_data(sizes)
         ddp = torch.nn.parallel.DistributedDataParallel(model)
-        opt = make_optimizer(ddp, scope)
+        opt = make_optimizer(ddp, scope, nonfinite)
         start = sum(sizes[:rank])
         part = slice(start, start + sizes[rank])
-        result = opt.step(F.cross_entropy(ddp(x[part]), y[part], reduction="none"))
-        grads = [p.grad.clone() for p in model.parameters()]  # type: ignore[union-attr]
-        torch.save(
-            {
-                "good": result.good,
-                "bad": result.bad,
-                "objective": result.objective,
-                "grads": grads,
-                "params": [p.detach().clone() for p in model.parameters()],
-            },
-            f"{out}/rank{rank}.pt",
-        )
+        losses = F.cross_entropy(ddp(x[part]), y[part], reduction="none")
+        if poison and rank == 1:
+            losses = losses * torch.tensor([float("nan")] + [1.0] * (sizes[rank] - 1), dtype=losses.dtype)
+        record: dict[str, object] = {}
+        try:
+            result = opt.step(losses)
+            record |= {"good": result.good, "bad": result.bad, "objective": result.objective}
+            record |= {"skipped": result.skipped}
+        except ValueError as error:
+            record["error"] = str(error)
+        record["grads"] = [p.grad for p in model.parameters()]
+        record["params"] = [p.detach().clone() for p in model.parameters()]
+        torch.save(record, f"{out}/rank{rank}.pt")
         dist.barrier()  # both ranks done before either tears the group down
     finally:
         dist.destroy_process_group()
@@ -65,11 +77,13 @@ def worker(rank: int, port: int, out: str, sizes: tuple[int, ...], scope: str) -
     os._exit(0)
 
 
-def run_world(tmp_path: Path, sizes: tuple[int, ...], scope: str) -> list[dict[str, object]]:
+def run_world(
+    tmp_path: Path, sizes: tuple[int, ...], scope: str, nonfinite: str = "raise", poison: bool = False
+) -> list[dict[str, object]]:
     with socket.socket() as probe:  # a free port on the loopback interface
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    mp.spawn(worker, args=(port, str(tmp_path), sizes, scope), nprocs=WORLD, join=True)
+    mp.spawn(worker, args=(port, str(tmp_path), sizes, scope, nonfinite, poison), nprocs=WORLD, join=True)
     return [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
 
 
@@ -110,3 +124,19 @@ def test_local_selection_selects_within_each_rank(tmp_path: Path) -> None:
             F.cross_entropy(model(x[part]), y[part], reduction="none").detach()
         )
         assert r["good"].tolist() == want.good.tolist()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("scope", ["global", "local"])
+@pytest.mark.parametrize("nonfinite", ["skip", "raise"])
+def test_a_nan_on_one_rank_stops_every_rank(tmp_path: Path, scope: str, nonfinite: str) -> None:
+    """Rank 1 alone has a NaN loss: both ranks skip (or both raise), and no rank waits in DDP."""
+    ranks = run_world(tmp_path, (8, 8), scope, nonfinite, poison=True)
+    initial = model_and_data((8, 8))[0]
+    for rank, r in enumerate(ranks):
+        if nonfinite == "skip":
+            assert r["skipped"] is True
+        else:
+            assert ("at indices [0]" if rank == 1 else "on another rank") in str(r["error"])
+        assert all(g is None for g in r["grads"])  # type: ignore[attr-defined]
+        for got, want in zip(r["params"], initial.parameters(), strict=True):  # type: ignore[call-overload]
+            assert torch.equal(got, want.detach())
