@@ -87,9 +87,10 @@ def paired_ratio(times: list[float], base: list[float]) -> tuple[float, float, f
     ratio of two medians keeps.
     """
     ratios = [t / b for t, b in zip(times, base, strict=True)]
-    rng = random.Random(0)
-    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(200))
-    return statistics.median(ratios), medians[10], medians[189]
+    rng, resamples = random.Random(0), 200
+    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples))
+    tail = resamples // 20  # 5% on each side
+    return statistics.median(ratios), medians[tail], medians[-1 - tail]
 
 
 def repeats_for(n: int) -> int:

@@ -434,18 +434,18 @@ class SIGUAOptimizer(Optimizer):
         shared = self._ranks() > 1
         if not shared and math.isfinite(float(objective)):
             return False
-        finite = torch.isfinite(losses.detach())
+        broken = ~torch.isfinite(losses.detach())
         if valid is not None:
-            finite |= ~valid
-        anywhere = (~finite).any().int()
+            broken &= valid
+        anywhere = broken.any().int()
         if shared:
             dist.all_reduce(anywhere, op=dist.ReduceOp.MAX, group=self.process_group)
         if not bool(anywhere):
             return False
         if self.nonfinite == "skip":
             return True
-        where = (~finite).nonzero()[:8]
-        bad = (where.flatten() if finite.ndim == 1 else where).tolist()
+        where = broken.nonzero()[:8]
+        bad = (where.flatten() if broken.ndim == 1 else where).tolist()
         here = f"at indices {bad}..." if bad else "on another rank; none here"
         raise ValueError(
             f"losses contain NaN or inf ({here}): nothing was changed. Lower the learning rate, "

@@ -61,8 +61,7 @@ def worker(
         record: dict[str, object] = {}
         try:
             result = opt.step(losses)
-            record |= {"good": result.good, "bad": result.bad, "objective": result.objective}
-            record |= {"skipped": result.skipped}
+            record |= result._asdict()
         except ValueError as error:
             record["error"] = str(error)
         record["grads"] = [p.grad for p in model.parameters()]
