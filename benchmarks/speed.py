@@ -18,6 +18,7 @@ warm-up. Tables are printed; all numbers go to a JSON file.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import multiprocessing
@@ -165,6 +166,8 @@ def selection_table(sizes: list[int], compile_too: bool, device: str) -> list[di
                 contenders["topk"] = partial(topk, losses, band)
             if device == "cpu":
                 contenders["floor np.partition"] = partial(np.partition, losses.detach().numpy(), k - 1)
+            else:
+                contenders["floor sort"] = partial(torch.sort, losses.detach())
             contenders["floor kthvalue"] = partial(torch.kthvalue, losses.detach(), k)
             contenders["floor sum"] = losses.detach().sum
             times = interleaved(contenders, repeats_for(n))
@@ -189,15 +192,21 @@ def print_selection_row(row: dict[str, Any]) -> None:
 
 
 # -- 2. step overhead ----------------------------------------------------------------------------
-def _plain_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
-    opt.zero_grad()
-    F.cross_entropy(model(x), y).backward()
-    opt.step()
+def _plain_steps(
+    model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, count: int
+) -> None:
+    for _ in range(count):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
 
 
-def _sigua_step(model: torch.nn.Module, opt: SIGUAOptimizer, x: torch.Tensor, y: torch.Tensor) -> None:
-    opt.zero_grad()
-    opt.step(F.cross_entropy(model(x), y, reduction="none"))
+def _sigua_steps(
+    model: torch.nn.Module, opt: SIGUAOptimizer, x: torch.Tensor, y: torch.Tensor, count: int
+) -> None:
+    for _ in range(count):
+        opt.zero_grad()
+        opt.step(F.cross_entropy(model(x), y, reduction="none"))
 
 
 def _mean_loss(logits: torch.Tensor, y: torch.Tensor) -> None:
@@ -208,44 +217,98 @@ def _sigua_loss(opt: SIGUAOptimizer, logits: torch.Tensor, y: torch.Tensor) -> N
     opt.objective(F.cross_entropy(logits, y, reduction="none")).backward()
 
 
+def _captured(step: Callable[[], Any]) -> Callable[[], Any]:
+    """The replay of ``step`` captured in a CUDA graph, after three eager warm-up calls."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
+
+
+def _repeated(fn: Callable[[], Any], count: int) -> None:
+    for _ in range(count):
+        fn()
+
+
 def step_overhead(repeats: dict[str, int], device: str) -> list[dict[str, Any]]:
     """Plain and SIGUA steps take turns on ONE model and optimizer (same memory, same caches),
-    and, to isolate what SIGUA adds, the loss alone (forward and backward from fixed logits)."""
+    and, to isolate what SIGUA adds, the loss alone (forward and backward from fixed logits).
+
+    On CUDA each timing covers a block of 20 steps (the device synchronised around the block
+    only, as in a training loop). SIGUA runs with the default non-finite check (one host read
+    per step) and with ``nonfinite="unchecked"`` (none); and both steps run again captured in
+    CUDA graphs (each on its own copy of the model), where no host work is left to measure.
+    """
     rows = []
+    count = 20 if device == "cuda" else 1
     for name, build in (("deep MLP (Fig. 1)", deep_mlp), ("9-layer CNN", cnn9)):
         if not repeats.get(name):
             continue
         torch.manual_seed(0)
         model = build().to(device)
-        plain = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        sigua = SIGUAOptimizer(plain, BandSelected(EPS, BAND, warmup_epochs=0), GAMMA)
         generator = torch.Generator().manual_seed(1)
         x = torch.rand(128, 784, generator=generator).to(device)
         y = torch.randint(0, 10, (128,), generator=generator).to(device)
+
+        def make(net: torch.nn.Module, nonfinite: str = "raise") -> tuple[torch.optim.SGD, SIGUAOptimizer]:
+            plain = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+            condition = BandSelected(EPS, BAND, warmup_epochs=0)
+            return plain, SIGUAOptimizer(plain, condition, GAMMA, nonfinite=nonfinite)  # type: ignore[arg-type]
+
+        plain, sigua = make(model)
         steps = {
-            "plain": partial(_plain_step, model, plain, x, y),
-            "SIGUA": partial(_sigua_step, model, sigua, x, y),
+            "plain": partial(_plain_steps, model, plain, x, y, count),
+            "SIGUA": partial(_sigua_steps, model, sigua, x, y, count),
         }
+        versus = {"SIGUA": "plain"}
+        if device == "cuda":
+            unchecked = make(model, "unchecked")[1]
+            steps["SIGUA unchecked"] = partial(_sigua_steps, model, unchecked, x, y, count)
+            copies = [copy.deepcopy(model) for _ in range(2)]
+            plain_graph = make(copies[0])[0]
+            sigua_graph = make(copies[1], "unchecked")[1]
+            replays = (
+                _captured(partial(_plain_steps, copies[0], plain_graph, x, y, 1)),
+                _captured(partial(_sigua_steps, copies[1], sigua_graph, x, y, 1)),
+            )
+            steps["plain graph"] = partial(_repeated, replays[0], count)
+            steps["SIGUA graph"] = partial(_repeated, replays[1], count)
+            versus |= {"SIGUA unchecked": "plain", "SIGUA graph": "plain graph"}
         times = samples(steps, repeats[name], warmup=max(3, repeats[name] // 100))
-        ratio, low, high = paired_ratio(times["SIGUA"], times["plain"])
-        ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+        ratios = {k: paired_ratio(times[k], times[base]) for k, base in versus.items()}
+        ms = {k: statistics.median(v) * 1e3 / count for k, v in times.items()}
         logits = torch.randn(128, 10, device=device, requires_grad=True)
         losses = {"mean": partial(_mean_loss, logits, y), "SIGUA": partial(_sigua_loss, sigua, logits, y)}
         loss_times = interleaved(losses, 500)
+        ratio, low, high = ratios["SIGUA"]
         row = {
             "device": device,
             "model": name,
             "repeats": repeats[name],
+            "steps_per_timing": count,
             "ms": ms,
             "ratio": ratio,
             "ratio_ci90": [low, high],
+            "ratios": {f"{k} / {base}": list(ratios[k]) for k, base in versus.items()},
             "extra_ms_in_step": ms["SIGUA"] - ms["plain"],
             "loss_us": {k: v * 1e6 for k, v in loss_times.items()},
         }
+        others = "".join(
+            f"; {k} {ms[k]:.3f} / {base} {ms[base]:.3f} ms = {ratios[k][0]:.4f}"
+            for k, base in versus.items()
+            if k != "SIGUA"
+        )
         print(
-            f"{name:>18} ({device}): plain {ms['plain']:.2f} ms, SIGUA {ms['SIGUA']:.2f} ms, "
-            f"ratio {ratio:.4f} (90% CI {low:.4f}-{high:.4f}, {repeats[name]} pairs); the loss alone "
-            f"in a hot loop: mean {loss_times['mean'] * 1e6:.1f} us, SIGUA {loss_times['SIGUA'] * 1e6:.1f} us"
+            f"{name:>18} ({device}): plain {ms['plain']:.3f} ms, SIGUA {ms['SIGUA']:.3f} ms, "
+            f"ratio {ratio:.4f} (90% CI {low:.4f}-{high:.4f}, {repeats[name]} pairs){others}; the loss "
+            f"alone in a hot loop: mean {loss_times['mean'] * 1e6:.1f} us, "
+            f"SIGUA {loss_times['SIGUA'] * 1e6:.1f} us"
         )
         rows.append(row)
     return rows
@@ -290,19 +353,38 @@ def peak_memory(sizes: list[int]) -> list[dict[str, Any]]:
     return rows
 
 
-def cuda_extras() -> dict[str, Any]:
-    """Kernel launches and peak extra GPU memory of one BandSelected selection + reduction."""
-    condition = BandSelected(EPS, BAND, warmup_epochs=0)
-    extras: dict[str, Any] = {}
-    losses = torch.rand(1_048_576, device="cuda").requires_grad_(True)
-    ours(condition)(losses)
+def _kernels(fn: Callable[[], Any]) -> tuple[int, Any]:
+    """The CUDA kernels (and copies, fills) that one call of ``fn`` launches, and the profile."""
+    fn()
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     with torch.profiler.profile(activities=activities) as profile:
-        ours(condition)(losses)
+        fn()
         torch.cuda.synchronize()
-    kernels = [e for e in profile.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    extras["kernels_per_selection_and_reduction"] = len(kernels)
-    print(f"kernel launches, BandSelected selection + reduction at n = 2^20: {len(kernels)}")
+    launched = [e for e in profile.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return len(launched), profile
+
+
+def cuda_extras() -> dict[str, Any]:
+    """Kernel launches and peak extra GPU memory of a BandSelected selection + reduction; the
+    host time by operator of the objective's forward and backward in a batch of 128."""
+    condition = BandSelected(EPS, BAND, warmup_epochs=0)
+    extras: dict[str, Any] = {}
+    for n in (128, 1_048_576):
+        losses = torch.rand(n, device="cuda").requires_grad_(True)
+        extras[f"kernels_forward_n{n}"], _ = _kernels(partial(ours(condition), losses))
+        extras[f"kernels_forward_backward_n{n}"], _ = _kernels(lambda: ours(condition)(losses).backward())  # noqa: B023
+        extras[f"kernels_mean_forward_backward_n{n}"], _ = _kernels(lambda: losses.mean().backward())  # noqa: B023
+        print(
+            f"kernel launches at n = {n}: BandSelected selection + reduction "
+            f"{extras[f'kernels_forward_n{n}']}, with its backward "
+            f"{extras[f'kernels_forward_backward_n{n}']} (a mean with its backward: "
+            f"{extras[f'kernels_mean_forward_backward_n{n}']})"
+        )
+    logits = torch.randn(128, K, device="cuda", requires_grad=True)
+    targets = torch.randint(0, K, (128,), device="cuda")
+    opt = SIGUAOptimizer(torch.optim.SGD([logits], lr=0.1), condition, GAMMA)
+    _, profile = _kernels(partial(_sigua_loss, opt, logits, targets))
+    print(profile.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
     for n in SIZES:
         values = torch.rand(n, device="cuda").requires_grad_(True)
         torch.cuda.synchronize()
@@ -320,6 +402,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], default=list(SIZES))
     parser.add_argument("--quick", action="store_true", help="small sizes, no compile, no CNN: a smoke run")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd contender")
+    parser.add_argument(
+        "--devices",
+        type=lambda s: s.split(","),
+        default=["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"],
+        help="comma-separated (default: cpu, and cuda when a GPU is present)",
+    )
     parser.add_argument("--out", type=Path, default=Path("results/speed.json"))
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (default 1: repeatable on a shared machine)"
@@ -329,8 +417,8 @@ def main(argv: list[str] | None = None) -> None:
     sizes = [128, 1024] if args.quick else args.sizes
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
     print(f"torch {torch.__version__}, numpy {np.__version__}, {machine}")
-    devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
-    if torch.cuda.is_available():
+    devices = args.devices
+    if "cuda" in devices:
         print(f"GPU: {torch.cuda.get_device_name()}")
     repeats = {"deep MLP (Fig. 1)": 5 if args.quick else 1000, "9-layer CNN": 0 if args.quick else 7}
     selection, overhead = [], []
@@ -339,11 +427,12 @@ def main(argv: list[str] | None = None) -> None:
         selection += selection_table(sizes, not (args.quick or args.no_compile), device)
         print(f"\n2. step overhead on {device} at batch 128, median ms per step")
         overhead += step_overhead(repeats if device == "cpu" else {k: 100 for k in repeats}, device)
-    print("\n3. peak extra memory of selection + reduction on the CPU (fresh process each)")
-    memory = peak_memory(sizes)
-    record = {"machine": machine, "torch": torch.__version__, "selection": selection, "step": overhead}
-    record["memory"] = memory
-    if torch.cuda.is_available():
+    record: dict[str, Any] = {"machine": machine, "torch": torch.__version__}
+    record |= {"selection": selection, "step": overhead}
+    if "cpu" in devices:
+        print("\n3. peak extra memory of selection + reduction on the CPU (fresh process each)")
+        record["memory"] = peak_memory(sizes)
+    if "cuda" in devices:
         print("\n4. CUDA")
         record["cuda"] = cuda_extras()
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -418,7 +418,9 @@ class SIGUAOptimizer(Optimizer):
         local = Selection(whole.good[start : start + n], whole.bad[start : start + n])
         return local, everyone.sum().double().clamp_min(1) / world
 
-    def _nonfinite(self, objective: Tensor, losses: Tensor, valid: Tensor | None) -> bool:
+    def _nonfinite(
+        self, objective: Tensor, losses: Tensor, valid: Tensor | None, scaler: torch.amp.GradScaler | None
+    ) -> bool:
         """True when a (valid) loss is NaN/inf and nonfinite="skip"; raises under "raise".
 
         Every loss but padding enters the objective's dot product, an ignored one with weight
@@ -427,12 +429,19 @@ class SIGUAOptimizer(Optimizer):
         one by one (finite losses can still overflow the objective; the step then goes on, as
         a plain step would). Under torch.distributed, with either scope, the ranks decide
         together (one all-reduce of one number): a rank that skipped or raised while the
-        others went on to backward would leave DDP's all-reduce waiting for it.
+        others went on to backward would leave DDP's all-reduce waiting for it. (Reading it
+        after the backward, as GradScaler reads its flag, measured slower on a GPU: the host
+        then queues the optimizer step and the next forward onto an idle device.)
+
+        With a GradScaler, a refused step still runs its (scaled) backward and ``unscale_``,
+        which records the non-finite gradients, so that the ``scaler.update()`` that follows
+        works, and backs off, as after any step the scaler skips; the gradients are then
+        cleared.
         """
         if self.nonfinite == "unchecked":
             return False
         shared = self._ranks() > 1
-        if not shared and math.isfinite(float(objective)):
+        if not shared and math.isfinite(float(objective.detach())):
             return False
         broken = ~torch.isfinite(losses.detach())
         if valid is not None:
@@ -442,6 +451,10 @@ class SIGUAOptimizer(Optimizer):
             dist.all_reduce(anywhere, op=dist.ReduceOp.MAX, group=self.process_group)
         if not bool(anywhere):
             return False
+        if scaler is not None:
+            scaler.scale(objective).backward()  # type: ignore[no-untyped-call]
+            scaler.unscale_(self.optimizer)
+            self.optimizer.zero_grad(set_to_none=True)
         if self.nonfinite == "skip":
             return True
         where = broken.nonzero()[:8]
@@ -475,7 +488,8 @@ class SIGUAOptimizer(Optimizer):
             num_items: the divisor of Eq. 3 instead of ``len(losses)`` (see :meth:`objective`).
             scaler: a ``torch.amp.GradScaler``: the objective is scaled before backward and the
                 wrapped optimizer steps through ``scaler.step``, which skips the step when the
-                gradients are not finite. Call ``scaler.update()`` afterwards, as usual.
+                gradients are not finite. Call ``scaler.update()`` afterwards, as usual (also
+                after a step refused for a NaN/inf loss: the scaler then backs off).
             **inputs: named inputs for the condition (``clean=``, ``logits=``, ``targets=``, ...).
 
         Returns:
@@ -502,7 +516,7 @@ class SIGUAOptimizer(Optimizer):
             raise TypeError("pass either per-sample losses or a closure to step(), not both")
         objective, chosen = self._select_and_reduce(losses, condition, selection, num_items, inputs)
         value = objective.detach()
-        if self._nonfinite(value, losses, inputs.get("valid")):
+        if self._nonfinite(objective, losses, inputs.get("valid"), scaler):
             return StepResult(value, chosen.good, chosen.bad, skipped=True)
         if scaler is None:
             objective.backward()  # type: ignore[no-untyped-call]

@@ -114,3 +114,27 @@ def test_a_step_the_scaler_skips_changes_nothing() -> None:
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not opt.state  # Adam never stepped: no moments, no step count
     assert opt.epoch == 3 and opt.state_dict()["sigua"]["epoch"] == 3
+
+
+@pytest.mark.parametrize("nonfinite", ["skip", "raise"])
+def test_a_nan_loss_with_a_scaler_leaves_the_scaler_ready_for_update(nonfinite: str) -> None:
+    """A step refused for a NaN loss is recorded with the scaler as a non-finite step, so the
+    usual ``scaler.update()`` that follows works (and backs off) instead of failing."""
+    model, _, x, y = setup()
+    model, x = model.float(), x.float()
+    opt = SIGUAOptimizer(
+        torch.optim.Adam(model.parameters()), BandSelected(0.4, 0.3, 0), 0.3, nonfinite=nonfinite
+    )  # type: ignore[arg-type]
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    before = copy.deepcopy(model.state_dict())
+    losses = F.cross_entropy(model(x), y, reduction="none")
+    poisoned = losses * torch.tensor([float("nan")] + [1.0] * (len(losses) - 1))
+    if nonfinite == "skip":
+        assert opt.step(poisoned, scaler=scaler).skipped
+    else:
+        with pytest.raises(ValueError, match="NaN or inf"):
+            opt.step(poisoned, scaler=scaler)
+    scaler.update()
+    assert scaler.get_scale() == 512.0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not opt.state and all(p.grad is None for p in model.parameters())

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sigua_optim import SIGUAOptimizer
+from sigua_optim import SIGUAOptimizer, functional
 from sigua_optim.conditions import AllGood, BandSelected, KnownClean, SmallLoss
 
 CONDITIONS = {
@@ -46,3 +46,10 @@ def test_unchecked_step_reads_nothing_back(name: str, reduction: str) -> None:
 def test_the_nonfinite_check_is_the_one_host_read() -> None:
     with pytest.raises((RuntimeError, NotImplementedError)):
         meta_step(AllGood(), "paper", "raise")
+
+
+@pytest.mark.parametrize("name", ["small-loss", "band", "band-official"])
+def test_the_gpu_sort_path_reads_nothing_back(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From DEVICE_SORT_MIN losses on, a GPU selects with one sort: no host read there either."""
+    monkeypatch.setattr(functional, "DEVICE_SORT_MIN", 0)
+    meta_step(CONDITIONS[name], "paper", "unchecked")
