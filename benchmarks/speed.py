@@ -10,6 +10,9 @@
 2. Step overhead: ``SIGUAOptimizer.step(losses)`` against ``loss.mean().backward();
    optimizer.step()`` on the Figure-1 deep MLP and the 9-layer CNN at batch 128, same data.
 3. Peak extra memory of selection + reduction against n, each in a fresh process.
+4. On a GPU (``--devices cuda``): tables 1-2 there (steps timed in blocks of 20, also with
+   ``nonfinite="unchecked"`` and captured in CUDA graphs), kernel launches counted with the
+   profiler, the host time of the loss by operator, and peak GPU memory.
 
 Every timing is a median over repeats in which the contenders take turns (interleaved), after a
 warm-up. Tables are printed; all numbers go to a JSON file.
