@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import kernels
+
 Semantics = Literal["paper", "official"]
 Reduction = Literal["paper", "official"]
 Criterion = Literal["sample", "total"]
@@ -125,6 +127,8 @@ def _rank_at_most(losses: Tensor, bounds: tuple[Bound, ...], valid: Tensor | Non
     subset = array if valid is None or array is None else array[valid.numpy()]
     n = losses.shape[0] if subset is None else subset.shape[0]
     ms = [math.floor(sum(n * rate for rate in bound)) for bound in bounds]
+    if valid is None and kernels.fusable(losses):
+        return kernels.rank_masks(losses, ms)  # the count of Eq. 5 itself, in one launch
     ks = sorted({m + 1 for m in ms if 0 <= m < n})
     kth = dict(zip(ks, _kth_smallest(losses, subset, ks), strict=True))
     masks = []
@@ -325,6 +329,10 @@ def sigua_objective(
     The weights carry the division, so the sum cannot overflow where the mean does not.
     Half-precision losses are accumulated in float32; the result has the dtype of ``losses``.
     """
+    if reduction == "paper" and not isinstance(num_items, Tensor) and kernels.fusable(losses):
+        return kernels.objective(
+            losses, good, bad, gamma, losses.shape[0] if num_items is None else num_items
+        )
     acc = torch.promote_types(losses.dtype, torch.float32)
     weights = sigua_weights(good, bad, gamma, acc, reduction, num_items)
     if losses.dtype == acc:
