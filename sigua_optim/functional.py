@@ -14,7 +14,9 @@ Eq. 5 to the letter, ties included, in O(n).
 On CPU in eager mode the order statistics come from ``numpy.partition`` on the tensor's memory
 (zero-copy; half types are widened to float32, which is exact); on a GPU, for many losses, from
 one ``torch.sort``; elsewhere from ``torch.kthvalue``. Each returns an element of the input, so
-the comparisons that follow are exact in any dtype.
+the comparisons that follow are exact in any dtype. On a GPU with Triton, batches of up to
+``kernels.MAX_FUSED`` losses count Eq. 5 directly, and reduce by Eq. 3, in one fused kernel each
+(:mod:`sigua_optim.kernels`).
 """
 
 from __future__ import annotations
