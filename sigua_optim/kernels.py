@@ -60,14 +60,22 @@ if AVAILABLE:
 
     @triton.jit
     def _rank_masks_kernel(  # type: ignore[no-untyped-def]
-        x_ptr, first_ptr, second_ptr, n, m_first, m_second, TWO: tl.constexpr, BLOCK: tl.constexpr
+        x_ptr,
+        first_ptr,
+        second_ptr,
+        n,
+        m_first,
+        m_second,
+        TWO: tl.constexpr,
+        BLOCK: tl.constexpr,
+        CHUNK: tl.constexpr,
     ):
         i = tl.arange(0, BLOCK)
         inside = i < n
         x_i = tl.load(x_ptr + i, mask=inside)
         below = tl.zeros([BLOCK], dtype=tl.int32)
-        for start in range(0, n, 16):  # _CHUNK
-            j = start + tl.arange(0, 16)
+        for start in range(0, n, CHUNK):
+            j = start + tl.arange(0, CHUNK)
             x_j = tl.load(x_ptr + j, mask=j < n, other=float("inf"))
             below += tl.sum((x_j[None, :] < x_i[:, None]).to(tl.int32), axis=1)
         tl.store(first_ptr + i, below <= m_first, mask=inside)
@@ -99,17 +107,14 @@ def rank_masks(losses: Tensor, bounds: list[int]) -> list[Tensor]:
     masks = [torch.empty(n, dtype=torch.bool, device=values.device) for _ in bounds]
     first, second = masks[0], masks[-1]
     m_first, m_second = bounds[0], bounds[-1]
-    _rank_masks_kernel[(1,)](
-        values, first, second, n, m_first, m_second, TWO=len(bounds) == 2, BLOCK=_block(n)
-    )
+    two = len(bounds) == 2
+    _rank_masks_kernel[(1,)](values, first, second, n, m_first, m_second, two, _block(n), _CHUNK)
     return masks
 
 
 class _Objective(torch.autograd.Function):
     @staticmethod
-    def forward(
-        ctx: Any, losses: Tensor, good: Tensor, bad: Tensor, gamma: float, divisor: int
-    ) -> Tensor:
+    def forward(ctx: Any, losses: Tensor, good: Tensor, bad: Tensor, gamma: float, divisor: int) -> Tensor:
         n = losses.shape[0]
         weights = torch.empty(n, dtype=torch.float32, device=losses.device)
         out = torch.empty((), dtype=losses.dtype, device=losses.device)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sigua_optim import SIGUAOptimizer, functional
+from sigua_optim import SIGUAOptimizer, functional, kernels
 from sigua_optim.conditions import AllGood, BandSelected, KnownClean, NonNegativeCorrection, SmallLoss
 from sigua_optim.losses import backward_corrected_cross_entropy
 from sigua_optim.noise import symmetric
@@ -104,13 +104,13 @@ def test_reduce_overhead_compile_equals_eager() -> None:
 
 
 @settings(max_examples=300)
-@given(loss_vectors(), st.data(), st.booleans())
+@given(loss_vectors(), st.data(), st.sampled_from(["fused", "kthvalue", "sort"]))
 def test_selection_on_cuda_equals_the_reference_loop(
-    losses: torch.Tensor, data: st.DataObject, sort: bool
+    losses: torch.Tensor, data: st.DataObject, path: str
 ) -> None:
-    """Ties, one sample, all equal, extremes, every dtype: the CUDA paths (``torch.kthvalue``,
-    one sort from ``DEVICE_SORT_MIN`` losses on, the sort-based count with ``valid=``) equal
-    Algorithm 1's loop."""
+    """Ties, one sample, all equal, extremes, every dtype: each CUDA path (the fused kernels up
+    to ``MAX_FUSED`` losses, ``torch.kthvalue``, one sort from ``DEVICE_SORT_MIN`` losses on, the
+    sort-based count with ``valid=``) equals Algorithm 1's loop."""
     eps = data.draw(st.one_of(st.sampled_from([0.0, 0.5, 0.999]), st.floats(0.0, 0.999)), label="eps")
     semantics = data.draw(st.sampled_from(["paper", "official"]), label="semantics")
     band = data.draw(st.floats(0.0, eps if semantics == "paper" else 1.0), label="band")
@@ -127,12 +127,13 @@ def test_selection_on_cuda_equals_the_reference_loop(
         valid[data.draw(st.integers(0, n - 1))] = True
         inputs["valid"] = valid.cuda()
     reduction = data.draw(st.sampled_from(["paper", "official"]), label="reduction")
-    threshold = functional.DEVICE_SORT_MIN
-    functional.DEVICE_SORT_MIN = 0 if sort else threshold
+    sizes = functional.DEVICE_SORT_MIN, kernels.MAX_FUSED
+    functional.DEVICE_SORT_MIN = 0 if path == "sort" else sizes[0]
+    kernels.MAX_FUSED = sizes[1] if path == "fused" else 0
     try:
         assert_matches_reference(condition, losses.cuda(), gamma=0.01, reduction=reduction, **inputs)
     finally:
-        functional.DEVICE_SORT_MIN = threshold
+        functional.DEVICE_SORT_MIN, kernels.MAX_FUSED = sizes
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
