@@ -25,19 +25,23 @@ __all__ = ["SIGUAOptimizer", "StepResult"]
 
 
 class StepResult(NamedTuple):
-    """What :meth:`SIGUAOptimizer.step` returns: tensors, to be read only when logging.
+    """What :meth:`SIGUAOptimizer.step` returns, and :attr:`SIGUAOptimizer.last_result` holds
+    after :meth:`~SIGUAOptimizer.objective` too: tensors, to be read only when logging.
 
     Attributes:
-        objective: the detached scalar of Eq. 3 that was back-propagated.
+        objective: the detached scalar of Eq. 3 (the value back-propagated).
         good: bool mask of the samples descended on.
         bad: bool mask of the samples ascended on.
         skipped: True when ``nonfinite="skip"`` found a NaN/inf loss and nothing was changed.
+        mean_loss: the detached plain mean of the (valid) losses, what a step without SIGUA
+            would have back-propagated: log it beside ``objective``.
     """
 
     objective: Tensor
     good: Tensor
     bad: Tensor
     skipped: bool = False
+    mean_loss: Tensor | None = None
 
 
 def _check_gamma(gamma: float) -> float:
@@ -165,6 +169,8 @@ class SIGUAOptimizer(Optimizer):
     """
 
     process_group: Any = None  # not pickled: a group belongs to one process
+    last_result: StepResult | None = None
+    """The :class:`StepResult` of the last :meth:`objective` or :meth:`step` with losses (not pickled)."""
 
     def __init__(
         self,
@@ -200,6 +206,7 @@ class SIGUAOptimizer(Optimizer):
         self.distributed: Scope = distributed
         self.process_group = process_group
         self.epoch = 0.0
+        self.last_result = None
         # The hook tables torch.optim.Optimizer.__init__ would make; param_groups, state and
         # defaults are not copied but delegated to the wrapped optimizer (properties below).
         self._optimizer_step_pre_hooks = OrderedDict()
@@ -330,8 +337,25 @@ class SIGUAOptimizer(Optimizer):
                 ``num_items_in_batch``), so that the objectives of the micro-batches add up to
                 the objective of the whole batch. An int or a 0-d tensor; paper reduction only.
             **inputs: named inputs for the condition.
+
+        The selection is kept, sync-free, in :attr:`last_result` (a :class:`StepResult`) for
+        logging: ``opt.last_result.good.sum()``.
         """
-        return self._select_and_reduce(losses, condition, selection, num_items, inputs)[0]
+        objective, chosen = self._select_and_reduce(losses, condition, selection, num_items, inputs)
+        self.last_result = StepResult(
+            objective.detach(), chosen.good, chosen.bad, mean_loss=self._mean(losses, inputs)
+        )
+        return objective
+
+    @staticmethod
+    def _mean(losses: Tensor, inputs: dict[str, Any]) -> Tensor:
+        """The plain mean of the (valid) losses, detached: what a step without SIGUA would take."""
+        valid = inputs.get("valid")
+        detached = losses.detach()
+        if valid is None:
+            return detached.mean()
+        total: Tensor = torch.where(valid, detached, 0.0).sum()
+        return total / valid.sum().clamp_min(1)
 
     def _select_and_reduce(
         self,
@@ -515,16 +539,18 @@ class SIGUAOptimizer(Optimizer):
         if closure is not None:
             raise TypeError("pass either per-sample losses or a closure to step(), not both")
         objective, chosen = self._select_and_reduce(losses, condition, selection, num_items, inputs)
-        value = objective.detach()
+        result = StepResult(objective.detach(), chosen.good, chosen.bad, mean_loss=self._mean(losses, inputs))
         if self._nonfinite(objective, losses, inputs.get("valid"), scaler):
-            return StepResult(value, chosen.good, chosen.bad, skipped=True)
+            self.last_result = result._replace(skipped=True)
+            return self.last_result
         if scaler is None:
             objective.backward()  # type: ignore[no-untyped-call]
             self.optimizer.step()
         else:
             scaler.scale(objective).backward()  # type: ignore[no-untyped-call]
             scaler.step(self.optimizer)
-        return StepResult(value, chosen.good, chosen.bad)
+        self.last_result = result
+        return result
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
