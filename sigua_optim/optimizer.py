@@ -354,8 +354,8 @@ class SIGUAOptimizer(Optimizer):
         detached = losses.detach()
         if valid is None:
             return detached.mean()
-        total: Tensor = torch.where(valid, detached, 0.0).sum()
-        return total / valid.sum().clamp_min(1)
+        mean: Tensor = torch.where(valid, detached, 0.0).sum() / valid.sum().clamp_min(1)
+        return mean
 
     def _select_and_reduce(
         self,
