@@ -2,9 +2,12 @@ r"""SIGUAOptimizer: the step of Algorithm 1 around any ``torch.optim`` optimizer
 
 from __future__ import annotations
 
+import copy
 import math
+import numbers
+import warnings
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, NamedTuple, get_args
 
 import torch
@@ -13,8 +16,18 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import functional
+from ._validation import (
+    check_choice,
+    check_condition,
+    check_epoch,
+    check_inputs,
+    check_mapping,
+    check_real,
+    check_scaler,
+    check_tensor,
+)
 from .conditions import AllGood, Condition
-from .conditions.base import Selection, check_batch, check_epoch
+from .conditions.base import Selection, check_batch
 from .functional import Reduction
 
 NonFinite = Literal["raise", "skip", "unchecked"]
@@ -44,14 +57,10 @@ class StepResult(NamedTuple):
     mean_loss: Tensor | None = None
 
 
-def _check_gamma(gamma: float) -> float:
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):
-        raise TypeError(f"gamma must be a float in [0, 1], got {gamma!r}")
-    if not 0.0 <= gamma <= 1.0:
-        raise ValueError(
-            f"gamma must be in [0, 1] (the underweight of gradient ascent; the paper uses 0.01), got {gamma}"
-        )
-    return float(gamma)
+def _check_gamma(gamma: Any) -> float:
+    return check_real(
+        gamma, "gamma", 0.0, 1.0, hint=" (the underweight of gradient ascent; the paper uses 0.01)"
+    )
 
 
 def _per_sample(losses: Tensor, inputs: dict[str, Any]) -> tuple[Tensor, Tensor | None, dict[str, Any]]:
@@ -59,8 +68,7 @@ def _per_sample(losses: Tensor, inputs: dict[str, Any]) -> tuple[Tensor, Tensor 
 
     Returns the 1-D losses, the flat valid mask (or None) and the inputs with that mask.
     """
-    if not isinstance(losses, Tensor):
-        raise TypeError(f"losses must be a torch.Tensor of per-sample losses, got {type(losses).__name__}")
+    check_tensor(losses, "losses", "per-sample losses, e.g. F.cross_entropy(out, y, reduction='none')")
     if losses.ndim == 0:
         raise ValueError(
             "losses is a scalar: SIGUA weighs each sample, so it needs per-sample losses; "
@@ -88,19 +96,35 @@ def _per_sample(losses: Tensor, inputs: dict[str, Any]) -> tuple[Tensor, Tensor 
     return losses, valid, inputs
 
 
-def _check_num_items(num_items: int | Tensor | None, reduction: str) -> None:
-    """num_items: a positive int or a 0-d tensor, with the paper's reduction only."""
+_MAX_ITEMS = 2**63 - 1  # an int64
+
+
+def _check_num_items(num_items: int | Tensor | None, reduction: str, read: bool = True) -> None:
+    """num_items: a positive int or a 0-d integer or floating tensor, with the paper's reduction only.
+
+    A tensor's value is read (one host read) when ``read`` is True and not inside
+    ``torch.compile``; its dtype and shape are always checked.
+    """
     if num_items is None:
         return
     if reduction != "paper":
         raise ValueError("num_items= needs reduction='paper': the official reduction averages per group")
+    what = "the positive number of samples in the whole batch"
     if isinstance(num_items, Tensor):
-        if num_items.ndim != 0:
-            raise ValueError(f"num_items= must be a 0-d tensor or an int, got shape {tuple(num_items.shape)}")
-    elif isinstance(num_items, bool) or not isinstance(num_items, int) or num_items < 1:
-        raise ValueError(
-            f"num_items= must be the positive number of samples in the whole batch, got {num_items!r}"
-        )
+        if num_items.ndim != 0 or num_items.dtype == torch.bool or num_items.is_complex():
+            raise TypeError(
+                f"num_items= must be an int or a 0-d integer or floating tensor ({what}); got "
+                f"{num_items.dtype} of shape {tuple(num_items.shape)}"
+            )
+        if read and not torch.compiler.is_compiling():
+            value = float(num_items)  # the one host read of num_items (see objective())
+            if not (1 <= value <= _MAX_ITEMS):
+                raise ValueError(f"num_items= must be {what} (>= 1), got tensor({value})")
+        return
+    if isinstance(num_items, bool) or not isinstance(num_items, int):
+        raise TypeError(f"num_items= must be {what}, an int or a 0-d tensor; got {num_items!r:.100}")
+    if not 1 <= num_items <= _MAX_ITEMS:
+        raise ValueError(f"num_items= must be {what}, in [1, 2**63 - 1]; got {num_items!r:.100}")
 
 
 def _check_selection(selection: Any, losses: Tensor, source: str) -> None:
@@ -136,7 +160,8 @@ class SIGUAOptimizer(Optimizer):
         condition: the default condition (default: :class:`~sigua_optim.conditions.AllGood`,
             plain training); any callable ``(losses, **inputs) -> Selection``.
         gamma: :math:`\gamma \in [0, 1]` (default: 0.01), the underweight of the ascent; 0 is
-            StopGrad (bad data ignored).
+            StopGrad (bad data ignored). Like the learning rate, it is saved in checkpoints and
+            :meth:`load_state_dict` restores the saved value.
         reduction: ``"paper"`` (default, Eq. 3) or ``"official"``: the authors' code,
             :math:`\mathrm{mean}_{good}(\ell) - \gamma\,\mathrm{mean}_{bad}(\ell)`.
         nonfinite: what a NaN or infinite loss does. ``"raise"`` (default): a ValueError before
@@ -146,10 +171,12 @@ class SIGUAOptimizer(Optimizer):
             ``torch.distributed`` the ranks decide together, by one all-reduce of one number.
             ``"unchecked"``: no check and no host synchronisation; a NaN reaches the parameters,
             as in a plain PyTorch step.
-        distributed: under an initialised ``torch.distributed`` process group (DDP, FSDP),
+        selection_scope: under an initialised ``torch.distributed`` process group (DDP, FSDP),
             ``"global"`` (default) selects over the batches of all ranks, as one process would
             over their concatenation (the losses are all-gathered; n_b is the global count);
             ``"local"`` selects within each rank's batch.
+        distributed: deprecated alias of ``selection_scope`` (a DeprecationWarning); it takes
+            the same strings, not a bool.
         process_group: the group to select over (default: the world).
 
     Example:
@@ -180,7 +207,8 @@ class SIGUAOptimizer(Optimizer):
         *,
         reduction: Reduction = "paper",
         nonfinite: NonFinite = "raise",
-        distributed: Scope = "global",
+        selection_scope: Scope = "global",
+        distributed: Scope | None = None,
         process_group: Any = None,
     ) -> None:
         if isinstance(optimizer, SIGUAOptimizer):
@@ -190,20 +218,21 @@ class SIGUAOptimizer(Optimizer):
                 "optimizer must be a torch.optim.Optimizer built on the model's parameters, e.g. "
                 f"SIGUAOptimizer(torch.optim.Adam(model.parameters())); got {type(optimizer).__name__}"
             )
-        if condition is not None and not callable(condition):
-            raise TypeError(f"condition must be callable (losses, **inputs) -> Selection, got {condition!r}")
-        if reduction not in get_args(Reduction):
-            raise ValueError(f"reduction must be 'paper' (Eq. 3) or 'official', got {reduction!r}")
-        if nonfinite not in get_args(NonFinite):
-            raise ValueError(f"nonfinite must be 'raise', 'skip' or 'unchecked', got {nonfinite!r}")
+        if condition is not None:
+            check_condition(condition)
+        if distributed is not None:
+            warnings.warn(
+                "SIGUAOptimizer(distributed=) is deprecated: pass selection_scope= instead",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            selection_scope = distributed
         self.optimizer = optimizer
         self.condition = AllGood() if condition is None else condition
-        self._gamma = _check_gamma(gamma)
-        self.reduction: Reduction = reduction
-        self.nonfinite: NonFinite = nonfinite
-        if distributed not in get_args(Scope):
-            raise ValueError(f"distributed must be 'global' or 'local', got {distributed!r}")
-        self.distributed: Scope = distributed
+        self.gamma = gamma
+        self.reduction = reduction
+        self.nonfinite = nonfinite
+        self.selection_scope = selection_scope
         self.process_group = process_group
         self.epoch = 0.0
         self.last_result = None
@@ -251,8 +280,13 @@ class SIGUAOptimizer(Optimizer):
         self.optimizer.add_param_group(param_group)
 
     def __getstate__(self) -> dict[str, Any]:
-        keep = ("optimizer", "condition", "_gamma", "reduction", "nonfinite", "epoch", "distributed")
-        return {name: self.__dict__[name] for name in keep}
+        """Everything but the process group (it belongs to one process) and the hooks (not
+        pickled by ``torch.optim.Optimizer`` either)."""
+        return {
+            name: value
+            for name, value in self.__dict__.items()
+            if name != "process_group" and not (name.startswith("_optimizer_") and name.endswith("_hooks"))
+        }
 
     def __repr__(self) -> str:
         return (
@@ -269,6 +303,45 @@ class SIGUAOptimizer(Optimizer):
     @gamma.setter
     def gamma(self, value: float) -> None:
         self._gamma = _check_gamma(value)
+
+    @property
+    def reduction(self) -> Reduction:
+        """``"paper"`` (Eq. 3) or ``"official"`` (the authors' group means)."""
+        return self._reduction
+
+    @reduction.setter
+    def reduction(self, value: Reduction) -> None:
+        check_choice(value, "reduction", get_args(Reduction))
+        self._reduction = value
+
+    @property
+    def nonfinite(self) -> NonFinite:
+        """What a NaN or infinite loss does: ``"raise"``, ``"skip"`` or ``"unchecked"``."""
+        return self._nonfinite_policy
+
+    @nonfinite.setter
+    def nonfinite(self, value: NonFinite) -> None:
+        check_choice(value, "nonfinite", get_args(NonFinite))
+        self._nonfinite_policy = value
+
+    @property
+    def selection_scope(self) -> Scope:
+        """``"global"`` (select over the batches of all ranks) or ``"local"`` (each rank's own)."""
+        return self._selection_scope
+
+    @selection_scope.setter
+    def selection_scope(self, value: Scope) -> None:
+        check_choice(value, "selection_scope", get_args(Scope))
+        self._selection_scope = value
+
+    @property
+    def distributed(self) -> Scope:
+        """The former name of :attr:`selection_scope` (same value; the keyword is deprecated)."""
+        return self._selection_scope
+
+    @distributed.setter
+    def distributed(self, value: Scope) -> None:
+        self.selection_scope = value
 
     def set_epoch(self, epoch: float) -> None:
         r"""Set the epoch t (from 0; a float for step-level schedules) that drives :math:`\rho(t)`.
@@ -297,9 +370,38 @@ class SIGUAOptimizer(Optimizer):
         select on the concatenated detached losses, then pass each micro-batch's slice to
         :meth:`objective` / :meth:`step` as ``selection=`` with ``num_items=`` the total count.
         """
+        self._check_call("select()", losses, condition, None, None, None, inputs)
         flat, valid, inputs = _per_sample(losses, inputs)
         selection = self._select(flat, valid, condition, inputs)
         return Selection(selection.good.reshape(losses.shape), selection.bad.reshape(losses.shape))
+
+    def _check_call(
+        self,
+        where: str,
+        losses: Any,
+        condition: Any,
+        selection: Any,
+        num_items: Any,
+        scaler: Any,
+        inputs: dict[str, Any],
+    ) -> None:
+        """The arguments of ``step``/``objective``/``select`` read by type before anything else.
+
+        A tensor ``num_items`` is read on the host when it is on the CPU, or when the non-finite
+        policy reads the device anyway ("raise", "skip"); under "unchecked" a device tensor's
+        value is not checked (no host synchronisation), only its dtype and shape.
+        """
+        check_tensor(losses, "losses", "per-sample losses, e.g. F.cross_entropy(out, y, reduction='none')")
+        if condition is not None:
+            check_condition(condition, "condition=")
+        check_scaler(scaler)
+        read = not isinstance(num_items, Tensor) or num_items.device.type == "cpu"
+        _check_num_items(num_items, self.reduction, read or self.nonfinite != "unchecked")
+        if selection is None:
+            check_inputs(self.condition if condition is None else condition, inputs, where)
+        elif set(inputs) - {"valid"}:
+            names = ", ".join(f"{name}=" for name in sorted(set(inputs) - {"valid"}))
+            raise TypeError(f"{where} got {names} with selection=: no condition runs to take them")
 
     def _select(
         self, losses: Tensor, valid: Tensor | None, condition: Any, inputs: dict[str, Any]
@@ -341,6 +443,7 @@ class SIGUAOptimizer(Optimizer):
         The selection is kept, sync-free, in :attr:`last_result` (a :class:`StepResult`) for
         logging: ``opt.last_result.good.sum()``.
         """
+        self._check_call("objective()", losses, condition, selection, num_items, None, inputs)
         objective, chosen = self._select_and_reduce(losses, condition, selection, num_items, inputs)
         self.last_result = StepResult(
             objective.detach(), chosen.good, chosen.bad, mean_loss=self._mean(losses, inputs)
@@ -372,7 +475,6 @@ class SIGUAOptimizer(Optimizer):
                 "losses does not require grad: compute it from the model's output with autograd "
                 "on (not under torch.no_grad() or after .detach()), or the step cannot learn"
             )
-        _check_num_items(num_items, self.reduction)
         if selection is None and num_items is None and self._world_size() > 1:
             selection, num_items = self._select_globally(losses, valid, condition, inputs)
         elif selection is None:
@@ -538,6 +640,7 @@ class SIGUAOptimizer(Optimizer):
             return self.optimizer.step(losses if closure is None else closure)
         if closure is not None:
             raise TypeError("pass either per-sample losses or a closure to step(), not both")
+        self._check_call("step()", losses, condition, selection, num_items, scaler, inputs)
         objective, chosen = self._select_and_reduce(losses, condition, selection, num_items, inputs)
         result = StepResult(objective.detach(), chosen.good, chosen.bad, mean_loss=self._mean(losses, inputs))
         if self._nonfinite(objective, losses, inputs.get("valid"), scaler):
@@ -554,29 +657,219 @@ class SIGUAOptimizer(Optimizer):
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """The wrapped optimizer's state dict plus SIGUA's own under the key ``"sigua"``."""
+        """The wrapped optimizer's state dict plus SIGUA's own under the key ``"sigua"``.
+
+        ``state_dict["sigua"]`` holds ``gamma``, ``epoch``, ``reduction`` and ``condition``: the
+        condition's type, its hyperparameters (the attributes its class names in
+        ``hyperparameters``: noise rate, band, warm-up, semantics, T, ...) and its own
+        ``state_dict()``. Hooks registered with ``register_state_dict_pre_hook`` /
+        ``register_state_dict_post_hook`` run as on any torch optimizer.
+        """
+        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+            pre_hook(self)
         state = self.optimizer.state_dict()
-        condition_state = getattr(self.condition, "state_dict", None)
-        state["sigua"] = {
+        state["sigua"] = self._sigua_state()
+        for post_hook in self._optimizer_state_dict_post_hooks.values():
+            returned = post_hook(self, state)
+            if returned is not None:
+                state = returned
+        return state
+
+    def _sigua_state(self) -> dict[str, Any]:
+        """SIGUA's fields of a checkpoint (a new field: here, in _check_sigua and in _load_sigua)."""
+        return {
             "gamma": self.gamma,
             "epoch": self.epoch,
             "reduction": self.reduction,
-            "condition": condition_state() if callable(condition_state) else None,
+            "condition": _condition_record(self.condition),
         }
+
+    def _check_sigua(self, sigua: Any) -> dict[str, Any]:
+        """The validated fields of ``state_dict["sigua"]``; raises before anything loads."""
+        where = "state_dict['sigua']"
+        sigua = check_mapping(sigua, where)
+        missing = [key for key in ("gamma", "epoch", "reduction", "condition") if key not in sigua]
+        if missing:
+            raise ValueError(
+                f"{where} lacks {', '.join(map(repr, missing))}: load the whole dict that "
+                "SIGUAOptimizer.state_dict() returned"
+            )
+        return {
+            "gamma": check_real(sigua["gamma"], f"{where}['gamma']", 0, 1),
+            "epoch": check_epoch(sigua["epoch"], f"{where}['epoch']"),
+            "reduction": check_choice(sigua["reduction"], f"{where}['reduction']", get_args(Reduction)),
+            "condition": self._check_condition_record(sigua["condition"]),
+        }
+
+    def _check_condition_record(self, record: Any) -> Any:
+        """The saved condition's state, once its type and hyperparameters equal this optimizer's
+        condition's and a copy of the condition has loaded it without error."""
+        where = "state_dict['sigua']['condition']"
+        record = check_mapping(record, where)
+        mine = _condition_record(self.condition)
+        if record.get("type") != mine["type"]:
+            raise ValueError(
+                f"{where}: the checkpoint was saved with a condition of type {record.get('type')!r:.100}, "
+                f"this optimizer's is {mine['type']!r}: build the optimizer with the condition of the run"
+            )
+        saved = check_mapping(record.get("hyperparameters"), f"{where}['hyperparameters']")
+        names = set(saved) | set(mine["hyperparameters"])
+        differ = sorted(n for n in names if not _same_value(saved.get(n), mine["hyperparameters"].get(n)))
+        if differ:
+            shown = ", ".join(
+                f"{n}={saved.get(n)!r:.60} saved, {mine['hyperparameters'].get(n)!r:.60} here" for n in differ
+            )
+            raise ValueError(
+                f"{where}: the checkpoint's condition differs from this optimizer's ({shown}): "
+                f"build the optimizer with the condition of the run, {self.condition!r:.100}"
+            )
+        state = record.get("state")
+        if state is not None and callable(getattr(self.condition, "load_state_dict", None)):
+            trial: Any = copy.deepcopy(self.condition)
+            trial.load_state_dict(state)  # a dry run: raises, changes nothing
         return state
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load :meth:`state_dict`'s output, or a plain state dict of the wrapped optimizer."""
-        state_dict = dict(state_dict)
-        sigua = state_dict.pop("sigua", None)
-        if sigua is not None:
-            gamma = _check_gamma(sigua["gamma"])
-            epoch = check_epoch(sigua["epoch"])
-        self.optimizer.load_state_dict(state_dict)
-        if sigua is None:
-            return
-        self._gamma, self.reduction = gamma, sigua.get("reduction", self.reduction)
-        self.set_epoch(epoch)
+    def _load_sigua(self, fields: dict[str, Any]) -> None:
+        self._gamma, self.reduction = fields["gamma"], fields["reduction"]
+        self.set_epoch(fields["epoch"])
         load = getattr(self.condition, "load_state_dict", None)
-        if sigua.get("condition") is not None and callable(load):
-            load(sigua["condition"])
+        if fields["condition"] is not None and callable(load):
+            load(fields["condition"])
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load :meth:`state_dict`'s output, or a plain state dict of the wrapped optimizer.
+
+        The whole dict is checked before any part loads (a ValueError or TypeError naming the
+        entry, and nothing changed): SIGUA's fields, the condition, and the wrapped optimizer's
+        part (``state`` and ``param_groups`` present; each group's hyperparameters of the
+        current ones' types; for ``torch.optim`` optimizers but LBFGS, every state buffer of
+        the parameter's number of dimensions, each size the parameter's or 1).
+
+        Like the learning rate in ``param_groups``, the saved ``gamma`` and ``reduction``
+        replace the current ones, and the epoch is restored. The condition is not replaced:
+        the checkpoint's condition must be of the same type with the same hyperparameters
+        (otherwise a ValueError); its state (e.g. its epoch) is loaded into it. A plain state
+        dict of the wrapped optimizer (no ``"sigua"`` key) leaves SIGUA's settings as they are.
+        Hooks registered with ``register_load_state_dict_pre_hook`` / ``..._post_hook`` run
+        as on any torch optimizer.
+        """
+        state_dict = dict(check_mapping(state_dict, "state_dict"))
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            returned = pre_hook(self, state_dict)
+            if returned is not None:
+                state_dict = dict(
+                    check_mapping(returned, "the state_dict a load_state_dict pre-hook returned")
+                )
+        sigua = state_dict.pop("sigua", None)
+        fields = None if sigua is None else self._check_sigua(sigua)
+        _check_wrapped_state(self.optimizer, state_dict)
+        self.optimizer.load_state_dict(state_dict)
+        if fields is not None:
+            self._load_sigua(fields)
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
+
+
+def _condition_record(condition: Any) -> dict[str, Any]:
+    """A condition in a checkpoint: its type (its name, for a function), hyperparameters, state."""
+    named = condition if hasattr(condition, "__qualname__") else type(condition)
+    state_dict = getattr(condition, "state_dict", None)
+    return {
+        "type": f"{named.__module__}.{named.__qualname__}",
+        "hyperparameters": {
+            name: getattr(condition, name) for name in getattr(condition, "hyperparameters", ())
+        },
+        "state": state_dict() if callable(state_dict) else None,
+    }
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return (
+            isinstance(a, Tensor)
+            and isinstance(b, Tensor)
+            and a.shape == b.shape
+            and a.dtype == b.dtype
+            and torch.equal(a.cpu(), b.cpu())
+        )
+    return type(a) is type(b) and bool(a == b)
+
+
+def _same_kind(saved: Any, current: Any) -> bool:
+    """Whether a saved hyperparameter can stand for the current one (lr, betas, flags ...)."""
+    if isinstance(current, bool) or current is None:
+        return saved is None or isinstance(saved, bool)
+    if isinstance(current, (numbers.Real, Tensor)):
+        if isinstance(saved, Tensor):
+            return saved.numel() == 1 and saved.dtype != torch.bool
+        try:
+            return not isinstance(saved, bool) and isinstance(saved, numbers.Real) and math.isfinite(saved)
+        except OverflowError:
+            return False
+    if isinstance(current, (tuple, list)):
+        return (
+            isinstance(saved, (tuple, list))
+            and len(saved) == len(current)
+            and all(_same_kind(s, c) for s, c in zip(saved, current, strict=True))
+        )
+    return isinstance(saved, type(current))
+
+
+def _fits(buffer: torch.Size, parameter: torch.Size) -> bool:
+    """A state buffer of a parameter: its shape, or (Adafactor's factors) sizes of 1 in it."""
+    return len(buffer) == len(parameter) and all(b in (p, 1) for b, p in zip(buffer, parameter, strict=True))
+
+
+def _check_wrapped_state(optimizer: Optimizer, state_dict: dict[str, Any]) -> None:
+    """Check the wrapped optimizer's part of a checkpoint before it loads (see load_state_dict)."""
+    for key in ("state", "param_groups"):
+        if key not in state_dict:
+            raise ValueError(f"state_dict lacks {key!r}: load the dict an optimizer's state_dict() returned")
+    state = check_mapping(state_dict["state"], "state_dict['state']")
+    groups = state_dict["param_groups"]
+    if not isinstance(groups, (list, tuple)) or not all(isinstance(g, Mapping) for g in groups):
+        raise TypeError(f"state_dict['param_groups'] must be a list of dicts, got {groups!r:.100}")
+    if len(groups) != len(optimizer.param_groups):
+        raise ValueError(
+            f"state_dict['param_groups'] has {len(groups)} groups, the optimizer "
+            f"{len(optimizer.param_groups)}"
+        )
+    shapes: dict[Any, torch.Size] = {}
+    for i, (saved, group) in enumerate(zip(groups, optimizer.param_groups, strict=True)):
+        where = f"state_dict['param_groups'][{i}]"
+        ids = saved.get("params")
+        if (
+            not isinstance(ids, (list, tuple))
+            or len(ids) != len(group["params"])
+            or not all(isinstance(j, int) and not isinstance(j, bool) for j in ids)
+        ):
+            raise ValueError(f"{where}['params'] must list the {len(group['params'])} ids of its parameters")
+        for key, value in group.items():
+            if key in ("params", "param_names") or (
+                key not in saved and (value is None or isinstance(value, bool))
+            ):
+                continue  # a flag missing from an older checkpoint: the optimizer fills it in
+            if key not in saved:
+                raise ValueError(f"{where} lacks the hyperparameter {key!r}")
+            if not _same_kind(saved[key], value):
+                raise TypeError(
+                    f"{where}[{key!r}] must be of the kind of {value!r:.60}, got {saved[key]!r:.60}"
+                )
+        shapes.update(zip(ids, (p.shape for p in group["params"]), strict=True))
+    builtin = type(optimizer).__module__.startswith("torch.optim") and not isinstance(
+        optimizer, torch.optim.LBFGS
+    )
+    for key, entry in state.items():
+        where = f"state_dict['state'][{key!r:.20}]"
+        if key not in shapes:
+            raise ValueError(f"{where}: no param group lists a parameter with id {key!r:.20}")
+        for name, value in check_mapping(entry, where).items():
+            if (
+                builtin
+                and isinstance(value, Tensor)
+                and value.ndim > 0
+                and not _fits(value.shape, shapes[key])
+            ):
+                raise ValueError(
+                    f"{where}[{name!r}] has shape {tuple(value.shape)}, its parameter {tuple(shapes[key])}"
+                )

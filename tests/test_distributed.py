@@ -35,7 +35,7 @@ def model_and_data(sizes: tuple[int, ...]) -> tuple[torch.nn.Module, torch.Tenso
 def make_optimizer(model: torch.nn.Module, scope: str, nonfinite: str = "raise") -> SIGUAOptimizer:
     condition = BandSelected(0.4, 0.3, warmup_epochs=0)
     base = torch.optim.SGD(model.parameters(), lr=0.5)
-    return SIGUAOptimizer(base, condition, 0.2, distributed=scope, nonfinite=nonfinite)  # type: ignore[arg-type]
+    return SIGUAOptimizer(base, condition, 0.2, selection_scope=scope, nonfinite=nonfinite)  # type: ignore[arg-type]
 
 
 def worker(

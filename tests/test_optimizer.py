@@ -146,7 +146,16 @@ def test_state_dict_round_trip_and_plain_state_dict() -> None:
     opt.set_epoch(4.5)
     opt.step(F.cross_entropy(model(x), y, reduction="none"))
     saved = copy.deepcopy(opt.state_dict())
-    assert saved["sigua"] == {"gamma": 0.05, "epoch": 4.5, "reduction": "paper", "condition": {"epoch": 4.5}}
+    assert saved["sigua"] == {
+        "gamma": 0.05,
+        "epoch": 4.5,
+        "reduction": "paper",
+        "condition": {
+            "type": "sigua_optim.conditions.small_loss.BandSelected",
+            "hyperparameters": {"noise_rate": 0.5, "warmup_epochs": 10.0, "semantics": "paper", "band": 0.2},
+            "state": {"epoch": 4.5},
+        },
+    }
 
     _model2, opt2 = make(BandSelected(0.5, 0.2), gamma=0.5, base=torch.optim.Adam)
     opt2.load_state_dict(saved)
@@ -205,7 +214,8 @@ def test_update_equals_algorithm1_loop(
         "clean": KnownClean(),
     }[kind]
     opt = SIGUAOptimizer(base(model.parameters(), lr=0.05), condition, gamma)
-    result = opt.step(F.cross_entropy(model(x), y, reduction="none").to(dtype), clean=clean)
+    inputs = {"clean": clean} if kind == "clean" else {}  # the other conditions take no clean=
+    result = opt.step(F.cross_entropy(model(x), y, reduction="none").to(dtype), **inputs)
 
     # Algorithm 1, lines 1-12, with the reference loop's masks.
     losses = F.cross_entropy(twin(x), y, reduction="none").to(dtype)

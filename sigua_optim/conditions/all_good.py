@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -20,6 +20,9 @@ class AllGood:
         >>> AllGood()(torch.tensor([0.3, 2.0])).good
         tensor([True, True])
     """
+
+    inputs: ClassVar[frozenset[str]] = frozenset({"valid"})
+    hyperparameters: ClassVar[tuple[str, ...]] = ()
 
     def __call__(self, losses: Tensor, *, valid: Tensor | None = None, **inputs: Any) -> Selection:
         check_batch(losses)

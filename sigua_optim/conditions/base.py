@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
+
+from .._validation import check_epoch, check_mapping
+
+__all__ = [
+    "Condition",
+    "Scheduled",
+    "Selection",
+    "check_batch",
+    "check_epoch",
+    "check_mask_input",
+    "check_valid",
+]
 
 
 class Selection(NamedTuple):
@@ -27,18 +38,29 @@ class Condition(Protocol):
     A plain function is a condition. A condition that follows the training schedule may also
     define ``set_epoch(epoch)``, and one with state ``state_dict()`` / ``load_state_dict()``:
     :class:`~sigua_optim.SIGUAOptimizer` calls them when they exist.
+
+    The named inputs a condition takes (``clean=``, ``logits=``, ...) are those of its class
+    attribute ``inputs``, a frozenset of names, when it has one; otherwise the keyword
+    parameters of its signature after the losses, and any name when it takes ``**kwargs``.
+    ``step``, ``objective`` and ``select`` refuse a keyword the condition does not take (a
+    TypeError naming it and the known ones), so a misspelled ``targest=y`` is not silently
+    ignored. ``valid=`` (the mask of the losses that count) is passed to the condition whenever
+    the caller gives it: a condition used with ``valid=`` must take it.
+
+    A condition may also name, in the class attribute ``hyperparameters``, the attributes that
+    define it (e.g. ``("noise_rate", "warmup_epochs")``): checkpoints store them with the
+    condition's type, and loading one into an optimizer whose condition differs is refused.
+
+    Example:
+        >>> import torch
+        >>> from sigua_optim.conditions import Selection
+        >>> def larger_than_one(losses, *, valid=None):  # takes valid= only
+        ...     return Selection(losses <= 1, losses > 1)
+        >>> larger_than_one(torch.tensor([0.5, 2.0])).bad
+        tensor([False,  True])
     """
 
     def __call__(self, losses: Tensor, **inputs: Any) -> Selection: ...
-
-
-def check_epoch(epoch: float, name: str = "epoch") -> float:
-    """Validate an epoch (a count from 0, fractional allowed for step-level schedules)."""
-    if isinstance(epoch, bool) or not isinstance(epoch, (int, float)):
-        raise TypeError(f"{name} must be a number of epochs (int or float), got {epoch!r}")
-    if not math.isfinite(epoch) or epoch < 0:
-        raise ValueError(f"{name} must be a finite number >= 0 (epochs count from 0), got {epoch}")
-    return float(epoch)
 
 
 def check_batch(losses: Tensor) -> int:
@@ -94,4 +116,6 @@ class Scheduled:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
+        if "epoch" not in check_mapping(state, "the condition's state"):
+            raise ValueError(f"the condition's state must have an 'epoch'; got keys {sorted(state)}")
         self.set_epoch(state["epoch"])

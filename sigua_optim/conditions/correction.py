@@ -17,7 +17,7 @@ and pass ``logits=`` and ``targets=`` to the step.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -56,6 +56,9 @@ class NonNegativeCorrection(Scheduled):
         >>> cond(torch.zeros(2), logits=logits, targets=torch.tensor([0, 0])).bad
         tensor([ True, False])
     """
+
+    inputs: ClassVar[frozenset[str]] = frozenset({"logits", "targets", "valid"})
+    hyperparameters: ClassVar[tuple[str, ...]] = ("transition_matrix", "ascend", "criterion", "warmup_epochs")
 
     def __init__(
         self,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -21,6 +21,9 @@ class KnownClean:
         >>> KnownClean()(torch.tensor([0.3, 2.0]), clean=torch.tensor([True, False])).bad
         tensor([False,  True])
     """
+
+    inputs: ClassVar[frozenset[str]] = frozenset({"clean", "valid"})
+    hyperparameters: ClassVar[tuple[str, ...]] = ()
 
     def __call__(
         self, losses: Tensor, *, clean: Tensor | None = None, valid: Tensor | None = None, **inputs: Any

@@ -15,31 +15,15 @@ is read as the code's rate r (a fraction of the samples not kept, 0.3-0.7 in its
 
 from __future__ import annotations
 
-from typing import Any, get_args
+from typing import Any, ClassVar, get_args
 
 import torch
 from torch import Tensor
 
 from .. import functional
+from .._validation import check_choice, check_real
 from ..functional import Semantics
 from .base import Scheduled, Selection, check_batch, check_epoch, check_valid
-
-
-def _check_rate(noise_rate: float) -> float:
-    if isinstance(noise_rate, bool) or not isinstance(noise_rate, (int, float)):
-        raise TypeError(f"noise_rate must be a float in [0, 1), got {noise_rate!r}")
-    if not 0.0 <= noise_rate < 1.0:
-        raise ValueError(
-            f"noise_rate must be in [0, 1) (the fraction of flipped labels, eps), got {noise_rate}; "
-            "if you do not know it, estimate it with sigua_optim.noise"
-        )
-    return float(noise_rate)
-
-
-def _check_semantics(semantics: str) -> Semantics:
-    if semantics not in get_args(Semantics):
-        raise ValueError(f"semantics must be 'paper' or 'official', got {semantics!r}")
-    return semantics  # type: ignore[return-value]
 
 
 class SmallLoss(Scheduled):
@@ -60,12 +44,24 @@ class SmallLoss(Scheduled):
         tensor([ True,  True,  True, False, False])
     """
 
+    inputs: ClassVar[frozenset[str]] = frozenset({"valid"})
+    hyperparameters: ClassVar[tuple[str, ...]] = ("noise_rate", "warmup_epochs", "semantics")
+
     def __init__(
         self, noise_rate: float, warmup_epochs: float = 10, *, semantics: Semantics = "paper"
     ) -> None:
-        self.noise_rate = _check_rate(noise_rate)
+        self.noise_rate = check_real(
+            noise_rate,
+            "noise_rate",
+            0.0,
+            1.0,
+            high_open=True,
+            hint=" (the fraction of flipped labels, eps; if you do not know it, estimate it with "
+            "sigua_optim.noise)",
+        )
         self.warmup_epochs = check_epoch(warmup_epochs, "warmup_epochs")
-        self.semantics = _check_semantics(semantics)
+        check_choice(semantics, "semantics", get_args(Semantics))
+        self.semantics: Semantics = semantics
 
     @property
     def rate(self) -> float:
@@ -119,6 +115,8 @@ class BandSelected(SmallLoss):
         tensor([False, False, False, False,  True])
     """
 
+    hyperparameters: ClassVar[tuple[str, ...]] = (*SmallLoss.hyperparameters, "band")
+
     def __init__(
         self,
         noise_rate: float,
@@ -128,16 +126,12 @@ class BandSelected(SmallLoss):
         semantics: Semantics = "paper",
     ) -> None:
         super().__init__(noise_rate, warmup_epochs, semantics=semantics)
-        if isinstance(band, bool) or not isinstance(band, (int, float)):
-            raise TypeError(f"band must be a float >= 0, got {band!r}")
         limit, what = (
             (self.noise_rate, "noise_rate, so that (1 - noise_rate) + band <= 1")
             if semantics == "paper"
-            else (1.0, "1 (a fraction of the samples not kept)")
+            else (1.0, "1, a fraction of the samples not kept")
         )
-        if not 0.0 <= band <= limit:
-            raise ValueError(f"band must be >= 0 and at most {what}; got band={band}")
-        self.band = float(band)
+        self.band = check_real(band, "band", 0.0, limit, hint=f" (band is at most {what})")
 
     def __call__(self, losses: Tensor, *, valid: Tensor | None = None, **inputs: Any) -> Selection:
         check_batch(losses)
