@@ -40,12 +40,12 @@ def check_bool(value: Any, name: str) -> bool:
 
 def check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
     """``value`` if it is one of the strings ``choices`` (a TypeError for a non-string)."""
+    if isinstance(value, str) and value in choices:  # the hot path: no message built
+        return value
     options = ", ".join(repr(choice) for choice in choices)
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a string, one of {options}; got {value!r:.100}")
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {options}; got {value!r:.100}")
-    return value
+    raise ValueError(f"{name} must be one of {options}; got {value!r:.100}")
 
 
 def check_real(

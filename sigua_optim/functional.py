@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from . import kernels
+from ._validation import check_choice
 
 Semantics = Literal["paper", "official"]
 Reduction = Literal["paper", "official"]
@@ -59,6 +60,7 @@ def keep_rate(noise_rate: float, epoch: float, warmup_epochs: float, semantics: 
     :math:`0 .. T_k - 1` and reaches :math:`\epsilon` at epoch :math:`T_k - 1`:
     :math:`\rho(t) = 1 - \epsilon \min(t / (T_k - 1), 1)`, with no warm-up for :math:`T_k \le 1`.
     """
+    check_choice(semantics, "semantics", ("paper", "official"))
     span = warmup_epochs if semantics == "paper" else warmup_epochs - 1
     progress = 1.0 if span <= 0 else min(epoch / span, 1.0)
     return 1.0 - noise_rate * progress
@@ -273,7 +275,7 @@ def nonnegative_masks(
 
     :math:`C_{bad} = \neg C_{good}` when ``ascend`` (SIGUA_BC, Eq. 12), else none (nnBC).
     """
-    if criterion == "sample":
+    if check_choice(criterion, "criterion", ("sample", "total")) == "sample":
         value = (class_losses * inverse[targets]).sum(dim=1)
     else:
         value = class_losses @ inverse.sum(dim=0)
@@ -297,6 +299,7 @@ def sigua_weights(
     weighs nothing). A sample marked both good and bad counts as good, as in Algorithm 1's
     ``if / else if``.
     """
+    check_choice(reduction, "reduction", ("paper", "official"))
     bad = bad > good  # bad and not good, in one pass
     if good.device.type == "cpu" and not torch.compiler.is_compiling():
         # Arithmetic through uint8 views: a bool -> float conversion is several times slower on
@@ -331,7 +334,11 @@ def sigua_objective(
     The weights carry the division, so the sum cannot overflow where the mean does not.
     Half-precision losses are accumulated in float32; the result has the dtype of ``losses``.
     """
-    if reduction == "paper" and not isinstance(num_items, Tensor) and kernels.fusable(losses):
+    if (
+        check_choice(reduction, "reduction", ("paper", "official")) == "paper"
+        and not isinstance(num_items, Tensor)
+        and kernels.fusable(losses)
+    ):
         return kernels.objective(
             losses, good, bad, gamma, losses.shape[0] if num_items is None else num_items
         )

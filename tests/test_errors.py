@@ -245,3 +245,169 @@ def test_user_condition_returning_something_else(returned: Any) -> None:
         o.step(losses_of(m, x, y), condition=lambda losses, **_: returned)
 
     assert_rejected(TypeError, "must be Selection\\(good, bad\\), two bool tensors of shape \\(6,\\)", call)
+
+
+# Issue 10, items 7-11, 14 (string options), 15 (nonfinite as an array), 20 (selection_scope).
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda m, o, x, y: o.step(losses_of(m, x, y).tolist()), "losses must be a torch.Tensor"),
+        (lambda m, o, x, y: o.objective(losses_of(m, x, y).tolist()), "losses must be a torch.Tensor"),
+        (lambda m, o, x, y: o.select(losses_of(m, x, y).tolist()), "losses must be a torch.Tensor"),
+        (
+            lambda m, o, x, y: o.step(
+                losses_of(m, x, y),
+                condition=NonNegativeCorrection(symmetric(K, 0.2)),
+                logits=[[0.0] * K] * 6,
+                targets=y,
+            ),
+            "logits= must be a torch.Tensor",
+        ),
+    ],
+)
+def test_lists_instead_of_tensors_name_the_argument(call: Callable[..., Any], match: str) -> None:
+    """Item 7: the type is read before .shape / .ndim."""
+    assert_rejected(TypeError, match, call)
+
+
+def test_a_condition_class_instead_of_an_instance() -> None:
+    """Item 8."""
+    base = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    with pytest.raises(TypeError, match=r"condition must be a condition instance, got the class SmallLoss"):
+        SIGUAOptimizer(base, SmallLoss)  # type: ignore[arg-type]
+    hint = r"condition= must be a condition instance.*e\.g\. SmallLoss\(noise_rate=0\.2\)"
+    assert_rejected(TypeError, hint, lambda m, o, x, y: o.step(losses_of(m, x, y), condition=SmallLoss))
+    assert_rejected(TypeError, hint, lambda m, o, x, y: o.objective(losses_of(m, x, y), condition=SmallLoss))
+    assert_rejected(
+        TypeError,
+        "condition= must be a condition, a callable",
+        lambda m, o, x, y: o.step(losses_of(m, x, y), condition="x"),
+    )
+
+
+def test_scaler_that_is_not_a_grad_scaler() -> None:
+    """Item 9."""
+    assert_rejected(
+        TypeError,
+        "scaler= must be a torch.amp.GradScaler",
+        lambda m, o, x, y: o.step(losses_of(m, x, y), scaler="amp"),
+    )
+
+
+def test_misspelled_input_names_the_known_ones() -> None:
+    """Item 10: a keyword the condition does not take is refused, naming the ones it takes."""
+    assert_rejected(
+        TypeError,
+        r"unexpected keyword targest=.*takes valid=",
+        lambda m, o, x, y: o.step(losses_of(m, x, y), targest=y),
+    )
+    correction = NonNegativeCorrection(symmetric(K, 0.2))
+    assert_rejected(
+        TypeError,
+        r"unexpected keyword targest=.*takes logits=, targets=, valid=",
+        lambda m, o, x, y: o.step(losses_of(m, x, y), condition=correction, logits=m(x), targest=y),
+    )
+    assert_rejected(
+        TypeError,
+        "got clean= with selection=",
+        lambda m, o, x, y: o.objective(
+            losses_of(m, x, y),
+            selection=Selection(torch.ones(6, dtype=torch.bool), torch.zeros(6, dtype=torch.bool)),
+            clean=y,
+        ),
+    )
+
+
+def test_user_conditions_take_what_their_signature_takes() -> None:
+    """Item 10: without `inputs`, the signature decides; **kwargs accepts anything."""
+
+    def strict(losses: torch.Tensor, *, weight: torch.Tensor) -> Selection:
+        return Selection(losses < weight, losses >= weight)
+
+    def loose(losses: torch.Tensor, **inputs: Any) -> Selection:
+        return Selection(
+            torch.ones_like(losses, dtype=torch.bool), torch.zeros_like(losses, dtype=torch.bool)
+        )
+
+    model, opt, x, y = trained()
+    opt.step(losses_of(model, x, y), condition=strict, weight=torch.ones(6))
+    opt.step(losses_of(model, x, y), condition=loose, anything=1)
+    assert_rejected(
+        TypeError,
+        r"unexpected keyword wieght=.*takes weight=",
+        lambda m, o, x, y: o.step(losses_of(m, x, y), condition=strict, wieght=torch.ones(6)),
+    )
+
+
+@pytest.mark.parametrize(
+    ("num_items", "error", "match"),
+    [
+        (torch.tensor(0), ValueError, r"num_items= must be .*\(>= 1\), got tensor\(0\.0\)"),
+        (torch.tensor(0.0), ValueError, r"num_items= must be .*\(>= 1\)"),
+        (torch.tensor(float("nan")), ValueError, r"num_items= must be .*\(>= 1\), got tensor\(nan\)"),
+        (torch.tensor(-1), ValueError, r"num_items= must be .*\(>= 1\), got tensor\(-1\.0\)"),
+        (torch.tensor(True), TypeError, "num_items= must be an int or a 0-d integer or floating tensor"),
+        (torch.tensor([6]), TypeError, "num_items= must be an int or a 0-d integer or floating tensor"),
+        pytest.param(10**400, ValueError, r"num_items= must be .*in \[1, 2\*\*63 - 1\]", id="10**400"),
+        (6.0, TypeError, "num_items= must be the positive number of samples"),
+    ],
+)
+def test_num_items_refused(num_items: Any, error: type[Exception], match: str) -> None:
+    """Item 11: 0, NaN and negative tensors, overflowing ints."""
+    assert_rejected(error, match, lambda m, o, x, y: o.step(losses_of(m, x, y), num_items=num_items))
+    assert_rejected(error, match, lambda m, o, x, y: o.objective(losses_of(m, x, y), num_items=num_items))
+
+
+def test_epochs_too_large_for_a_float() -> None:
+    """Item 11: an int past float range is a ValueError, not an OverflowError."""
+    with pytest.raises(ValueError, match=r"warmup_epochs must be a finite number"):
+        SmallLoss(0.2, warmup_epochs=10**400)
+    _model, opt, _, _ = trained()
+    with pytest.raises(ValueError, match=r"epoch must be a finite number"):
+        opt.set_epoch(10**400)
+    assert opt.epoch == 0.0
+
+
+def test_string_options_validated_everywhere() -> None:
+    """Items 14, 15: a non-string option is a TypeError, an unknown one a ValueError."""
+    import numpy as np
+
+    from sigua_optim import functional
+
+    base = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    with pytest.raises(TypeError, match=r"nonfinite must be a string, one of 'raise', 'skip', 'unchecked'"):
+        SIGUAOptimizer(base, nonfinite=np.array(["raise"]))  # type: ignore[arg-type]
+    opt = SIGUAOptimizer(base)
+    for name, value, error in [
+        ("reduction", "mean", ValueError),
+        ("nonfinite", None, TypeError),
+        ("selection_scope", True, TypeError),
+    ]:
+        with pytest.raises(error, match=f"{name} must be"):
+            setattr(opt, name, value)
+    assert (opt.reduction, opt.nonfinite, opt.selection_scope) == ("paper", "raise", "global")
+    with pytest.raises(ValueError, match="semantics must be one of 'paper', 'official'"):
+        functional.keep_rate(0.2, 1, 10, "bogus")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="criterion must be one of 'sample', 'total'"):
+        functional.nonnegative_masks(
+            torch.zeros(2, K), torch.zeros(2, dtype=torch.long), torch.eye(K), "bogus"
+        )  # type: ignore[arg-type]
+    good = torch.ones(2, dtype=torch.bool)
+    with pytest.raises(ValueError, match="reduction must be one of 'paper', 'official'"):
+        functional.sigua_objective(torch.ones(2), good, ~good, 0.1, "mean")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="reduction must be a string"):
+        functional.sigua_weights(good, ~good, 0.1, torch.float32, None)  # type: ignore[arg-type]
+
+
+def test_selection_scope_and_the_deprecated_distributed() -> None:
+    """Item 20: selection_scope= is the name; distributed= still works, with a DeprecationWarning."""
+    model = torch.nn.Linear(2, 2)
+    assert (
+        SIGUAOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), selection_scope="local").distributed
+        == "local"
+    )
+    with pytest.warns(DeprecationWarning, match="pass selection_scope= instead"):
+        opt = SIGUAOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), distributed="local")
+    assert opt.selection_scope == "local"
+    with pytest.raises(TypeError, match="selection_scope must be a string"), pytest.warns(DeprecationWarning):
+        SIGUAOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), distributed=True)  # type: ignore[arg-type]
