@@ -8,7 +8,7 @@
   tests/test_integrations_docs.py, which also checks what each recipe did.
 - Every name in a public module's ``__all__``, and every public method or property a public class
   defines, has a docstring (the API reference is generated from them by mkdocstrings).
-- ``docs/figures.py`` (the concepts figure) runs; the MkDocs hook renders math and roles.
+- ``docs/figures.py`` (the concepts figure) runs; the site renders math, roles and doctests.
 """
 
 from __future__ import annotations
@@ -67,6 +67,12 @@ def test_every_block_is_classified(page: str) -> None:
         lang, reason = block["lang"], block["reason"]
         assert lang == "python" or lang in SHELL, f"{page}: a ```{lang} block: neither python nor shell"
         assert reason is None or reason.strip(), f"{page}: a skip marker without a reason"
+
+
+def test_a_skip_marker_holds_its_block_and_reason() -> None:
+    text = "```python\nrun()\n```\n<!-- docs-test: skip: needs a CUDA GPU -->\n```python\ngpu()\n```\n"
+    found = [(block["code"], block["reason"]) for block in BLOCK.finditer(text)]
+    assert found == [("run()\n", None), ("gpu()\n", " needs a CUDA GPU ")]
 
 
 @pytest.mark.parametrize("page", [p for p in PAGES if p not in RUN_ELSEWHERE])
@@ -138,6 +144,13 @@ def test_figure_script_draws_the_bands(tmp_path: Path) -> None:
     figures.main(["--out", str(tmp_path / "bands.png")])
     assert (tmp_path / "bands.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (DOCS / "img" / "bands.png").exists()  # the committed figure the concepts page shows
+
+
+def test_doctest_examples_are_fenced_for_the_site() -> None:
+    pytest.importorskip("griffe")  # the docs extra
+    fence = load(DOCS / "griffe_doctests.py").fence
+    text = "Example:\n    >>> f(\n    ...   1)\n    2\n\n    After."
+    assert fence(text) == "Example:\n    ```pycon\n    >>> f(\n    ...   1)\n    2\n    ```\n\n    After."
 
 
 def test_hook_renders_roles() -> None:
