@@ -34,6 +34,7 @@ except ImportError:  # a CPU-only install: the torch ops do everything
 __all__ = ["AVAILABLE", "MAX_FUSED", "fusable", "objective", "rank_masks"]
 
 AVAILABLE = triton is not None
+"""Whether Triton is installed (the fused kernels need it and a GPU)."""
 MAX_FUSED = 1024
 """Batches up to this size are fused: one program, n^2 comparisons, a few microseconds."""
 

@@ -249,6 +249,7 @@ class SIGUAOptimizer(Optimizer):
     # -- shared with the wrapped optimizer ------------------------------------------------------
     @property
     def param_groups(self) -> list[dict[str, Any]]:
+        """The wrapped optimizer's ``param_groups`` (the same list: schedulers change its lr)."""
         return self.optimizer.param_groups
 
     @param_groups.setter
@@ -257,6 +258,7 @@ class SIGUAOptimizer(Optimizer):
 
     @property
     def state(self) -> Any:
+        """The wrapped optimizer's ``state`` (the same object: momentum, Adam's moments)."""
         return self.optimizer.state
 
     @state.setter
@@ -265,6 +267,7 @@ class SIGUAOptimizer(Optimizer):
 
     @property
     def defaults(self) -> dict[str, Any]:
+        """The wrapped optimizer's ``defaults``."""
         return self.optimizer.defaults
 
     @defaults.setter

@@ -101,8 +101,9 @@ def nonnegative_correction(
 ) -> tuple[list[bool], list[bool], list[bool]]:
     """Eqs. 11-12 for each sample, and which samples float64 cannot decide.
 
-    "sample": value_i = sum_j Tinv[y_i][j] * l_j(x_i); "total": value_i = sum_c sum_j
-    Tinv[c][j] * l_j(x_i). good(i) = value_i >= 0; bad(i) = not good(i) if ascend, else False.
+    "sample": ``value_i = sum_j Tinv[y_i][j] * l_j(x_i)``; "total":
+    ``value_i = sum_c sum_j Tinv[c][j] * l_j(x_i)``. good(i) = value_i >= 0; bad(i) = not good(i)
+    if ascend, else False.
     undecided(i): |value_i| is within float64 rounding of the sum of |terms|, so a sum taken in
     another order may land on the other side of 0.
     """

@@ -36,6 +36,7 @@ from .functional import Reduction, sigua_objective
 __all__ = ["DTYPES", "assert_matches_reference", "loss_vectors", "rates"]
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+"""The dtypes :func:`loss_vectors` draws from by default."""
 
 
 @st.composite

@@ -90,11 +90,13 @@ class SIGUAEpochCallback(pl.Callback):
         self.fractional = fractional
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Set the SIGUAOptimizer's epoch to the epoch starting."""
         _set_epoch(trainer, trainer.current_epoch)
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        """With ``fractional=True``: set the epoch to ``epoch + batch_idx / batches``."""
         if self.fractional:  # an iterable dataset without length has inf batches: whole epochs
             _set_epoch(trainer, trainer.current_epoch + batch_idx / trainer.num_training_batches)
 

@@ -116,6 +116,7 @@ class SIGUAEpochCallback(TrainerCallback):
     def on_step_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
+        """Set the SIGUAOptimizer's epoch to ``state.epoch`` before the optimizer step."""
         sigua_optimizer(kwargs.get("optimizer")).set_epoch(state.epoch or 0.0)
 
 
