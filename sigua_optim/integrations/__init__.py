@@ -2,8 +2,8 @@
 
 - :mod:`sigua_optim.integrations.transformers`: ``SIGUATrainer``, ``SIGUALoss`` (a
   ``compute_loss_func``) and ``SIGUAEpochCallback`` for ``transformers.Trainer``.
-- :mod:`sigua_optim.integrations.lightning`: ``manual_step`` and ``SIGUAEpochCallback`` for
-  ``lightning.pytorch``.
+- :mod:`sigua_optim.integrations.lightning`: ``manual_step``, ``log_selection`` and
+  ``SIGUAEpochCallback`` for ``lightning.pytorch``.
 - Accelerate needs no glue: ``accelerator.prepare`` wraps a :class:`~sigua_optim.SIGUAOptimizer`
   like any optimizer (``docs/integrations.md``).
 

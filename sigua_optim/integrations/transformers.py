@@ -13,7 +13,9 @@ The Trainer runs forward, backward and ``optimizer.step()`` itself. SIGUA enters
   follows the Trainer.
 
 The Trainer's own ``optimizer.step()`` is then a plain step of the wrapped optimizer.
-:class:`SIGUATrainer` is a ``Trainer`` with both wired in. Under several processes
+:class:`SIGUATrainer` is a ``Trainer`` with both wired in, which also builds the Trainer's own
+optimizer from its ``TrainingArguments`` and wraps it, and adds the selection to each training
+log (:meth:`SIGUALoss.pop_logs`). Under several processes
 (``average_tokens_across_devices``) each rank selects on its own micro-batch and
 ``num_items_in_batch`` counts the labels of all ranks, as for the Trainer's own losses.
 """
