@@ -178,6 +178,24 @@ def test_log_selection_before_any_objective_says_when_to_call_it() -> None:
         fit(Early(manual=False))
 
 
+@pytest.mark.parametrize("manual", [False, True], ids=["log_selection", "manual_step"])
+def test_helpers_for_one_optimizer_refuse_two(manual: bool) -> None:
+    class Two(Classifier):
+        def configure_optimizers(self) -> list[SIGUAOptimizer]:  # type: ignore[override]
+            return [SIGUAOptimizer(torch.optim.SGD([p], lr=LR)) for p in self.parameters()]
+
+        def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> None:
+            x, y = batch
+            if manual:
+                manual_step(self, F.cross_entropy(self.net(x), y, reduction="none"))
+            log_selection(self)
+
+    module = Two(manual=True)
+    what = "manual_step steps" if manual else "log_selection logs"
+    with pytest.raises(TypeError, match=f"{what} one optimizer, but configure_optimizers returned 4"):
+        fit(module)
+
+
 def test_fractional_epochs() -> None:
     module = Classifier(manual=False)
     fit(module, callbacks=[SIGUAEpochCallback(fractional=True)])

@@ -228,18 +228,29 @@ def test_official_reduction_weighs_each_micro_batch_by_its_share(tmp_path: Path)
 def test_plain_trainer_with_the_loss_and_the_callback(tmp_path: Path) -> None:
     model = tiny_bert()
     opt = make_opt(model)
-    trainer = Trainer(
+    loss = SIGUALoss(opt)
+
+    class OwnTrainer(Trainer):
+        """A Trainer subclass of the user's own, with the log override docs/integrations.md shows."""
+
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            if "loss" in logs:
+                logs.update(loss.pop_logs())
+            super().log(logs, start_time)
+
+    trainer = OwnTrainer(
         model=model,
         args=arguments(tmp_path),
         train_dataset=tiny_dataset(),
         optimizers=(opt, None),
-        compute_loss_func=SIGUALoss(opt),
+        compute_loss_func=loss,
         callbacks=[SIGUAEpochCallback()],
     )
     calls: list[Call] = []
     recorded(trainer, opt, calls)
     trainer.train()
     check_logged_objective(trainer, calls)
+    check_logged_selection(trainer, calls, calls_per_log=2)
 
 
 def test_a_condition_reading_logits_gets_them_from_the_trainer(tmp_path: Path) -> None:
@@ -316,3 +327,20 @@ def test_bad_input_says_what_to_change(tmp_path: Path) -> None:
     )
     with pytest.raises(TypeError, match="no SIGUAOptimizer inside AcceleratedOptimizer"):
         trainer.train()
+
+
+def test_the_loss_reads_nothing_back_until_the_logs_are_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = torch.nn.Linear(4, 3)
+    loss = SIGUALoss(make_opt(model))
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(8, 4, generator=g), torch.randint(0, 3, (8,), generator=g)) for _ in range(3)]
+    with monkeypatch.context() as patch:
+        for read in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__"):
+            patch.setattr(torch.Tensor, read, lambda *args: pytest.fail("a host read before pop_logs"))
+        for x, y in batches:
+            loss({"logits": model(x)}, y, num_items_in_batch=torch.tensor(16)).backward()
+    logs = loss.pop_logs()
+    losses = torch.cat([F.cross_entropy(model(x), y, reduction="none") for x, y in batches])
+    assert logs["sigua_good_fraction"] == 1.0 and logs["sigua_bad_fraction"] == 0.0  # epoch 0: rho = 1
+    assert logs["sigua_mean_loss"] == pytest.approx(float(losses.detach().mean()))
+    assert loss.pop_logs() == {}  # the sums start over
