@@ -79,7 +79,7 @@ def manual_step(module: pl.LightningModule, losses: Tensor, **kwargs: Any) -> Te
 
 
 def log_selection(module: pl.LightningModule, **kwargs: Any) -> None:
-    """Log the selection of the last ``objective`` (or :func:`manual_step`) with ``self.log_dict``.
+    r"""Log the selection of the last ``objective`` (or :func:`manual_step`) with ``self.log_dict``.
 
     From :attr:`SIGUAOptimizer.last_result`, as tensors, with no host read of its own (Lightning
     reads them when it logs): ``sigua_good_fraction`` and ``sigua_bad_fraction``, the fractions

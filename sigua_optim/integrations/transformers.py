@@ -131,7 +131,7 @@ class SIGUALoss:
         self._samples += n
 
     def pop_logs(self) -> dict[str, float]:
-        """The selection since the last call, for the Trainer's logs; then starts over.
+        r"""The selection since the last call, for the Trainer's logs; then starts over.
 
         One host read. Over the samples of the training calls since the last call (of this
         process): ``sigua_good_fraction`` and ``sigua_bad_fraction``, the fractions of them
