@@ -183,6 +183,7 @@ def named_groups(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> li
 def test_sigua_trainer_builds_the_trainers_own_optimizer(tmp_path: Path) -> None:
     args = arguments(tmp_path, learning_rate=3e-4, weight_decay=0.05, adam_beta2=0.99, warmup_steps=1)
     plain = Trainer(model=tiny_bert(), args=args, train_dataset=tiny_dataset())
+    plain_eval_loss = plain.evaluate(tiny_dataset(8))["eval_loss"]
     plain.train()
     model = tiny_bert()
     trainer = SIGUATrainer(
@@ -192,6 +193,8 @@ def test_sigua_trainer_builds_the_trainers_own_optimizer(tmp_path: Path) -> None
         condition=BandSelected(NOISE, BAND, WARMUP),
         gamma=GAMMA,
     )
+    # Evaluation before the optimizer is built: the plain mean loss, as the plain Trainer's.
+    assert trainer.evaluate(tiny_dataset(8))["eval_loss"] == pytest.approx(plain_eval_loss, rel=1e-5)
     trainer.train()
     opt = sigua_optimizer(trainer.optimizer)
     assert type(opt.optimizer) is type(plain.optimizer.optimizer) is torch.optim.AdamW
