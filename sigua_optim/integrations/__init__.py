@@ -2,8 +2,8 @@
 
 - :mod:`sigua_optim.integrations.transformers`: ``SIGUATrainer``, ``SIGUALoss`` (a
   ``compute_loss_func``) and ``SIGUAEpochCallback`` for ``transformers.Trainer``.
-- :mod:`sigua_optim.integrations.lightning`: ``manual_step`` and ``SIGUAEpochCallback`` for
-  ``lightning.pytorch``.
+- :mod:`sigua_optim.integrations.lightning`: ``manual_step``, ``log_selection`` and
+  ``SIGUAEpochCallback`` for ``lightning.pytorch``.
 - Accelerate needs no glue: ``accelerator.prepare`` wraps a :class:`~sigua_optim.SIGUAOptimizer`
   like any optimizer (``docs/integrations.md``).
 
@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
+import warnings
+import weakref
 from typing import Any
 
 from ..optimizer import SIGUAOptimizer
@@ -48,6 +50,41 @@ def sigua_optimizer(optimizer: Any) -> SIGUAOptimizer:
             )
         found = inner
     return found
+
+
+_WARNED: weakref.WeakSet[SIGUAOptimizer] = weakref.WeakSet()
+
+
+def _schedule_logs(optimizer: SIGUAOptimizer) -> dict[str, float]:
+    r"""Where the optimizer's schedule is: ``sigua_epoch`` and ``sigua_keep_rate`` (no host read).
+
+    ``sigua_keep_rate`` is :math:`\rho(t)` of Eq. 4, given for conditions with a ``rate``
+    (``SmallLoss``, ``BandSelected``).
+    """
+    logs = {"sigua_epoch": optimizer.epoch}
+    rate = getattr(optimizer.condition, "rate", None)
+    if isinstance(rate, float):
+        logs["sigua_keep_rate"] = rate
+    return logs
+
+
+def _warn_if_epoch_stuck(optimizer: SIGUAOptimizer, epoch: float, fix: str) -> None:
+    """Warn when the framework is past its first epoch but the optimizer's epoch never moved.
+
+    A condition that follows the epoch (one with ``set_epoch``) then stays at its epoch-0
+    schedule: for ``SmallLoss`` / ``BandSelected`` every sample is good and SIGUA is plain
+    training. ``fix`` says what to add. Once per optimizer.
+    """
+    scheduled = callable(getattr(optimizer.condition, "set_epoch", None))
+    if epoch >= 1 and optimizer.epoch == 0 and scheduled and optimizer not in _WARNED:
+        _WARNED.add(optimizer)
+        warnings.warn(
+            f"the SIGUAOptimizer is still at epoch 0 in epoch {epoch:g} of training, so its "
+            f"condition {optimizer.condition!r} never left its epoch-0 schedule (with a warm-up, "
+            f"no sample is bad): {fix}",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _release(version: str) -> tuple[int, ...]:

@@ -15,6 +15,10 @@ any optimizer (schedulers, checkpoints: its ``state_dict`` carries SIGUA's own s
   ``step(losses=...)`` through it cannot work: back-propagate the objective with
   ``self.manual_backward`` and take a plain ``step()``, as :func:`manual_step` does.
 - :class:`SIGUAEpochCallback` calls ``set_epoch`` as the epochs go, for :math:`\rho(t)` of Eq. 4.
+  Without it the optimizer stays at epoch 0 (with a warm-up, SIGUA is then plain training):
+  :func:`manual_step` and :func:`log_selection` warn when Lightning is past its first epoch and
+  the optimizer's epoch never moved.
+- :func:`log_selection` logs the selection of the last ``objective`` with ``self.log_dict``.
 
 Conditions that read ``logits=`` / ``targets=`` get them only from you:
 ``objective(losses, logits=logits, targets=y)``.
@@ -27,13 +31,17 @@ from typing import Any
 from torch import Tensor
 
 from ..optimizer import SIGUAOptimizer
-from . import require, sigua_optimizer
+from . import _schedule_logs, _warn_if_epoch_stuck, require, sigua_optimizer
 
 require("lightning", "2.5", __name__)
 
 import lightning.pytorch as pl  # noqa: E402
 
-__all__ = ["SIGUAEpochCallback", "manual_step"]
+__all__ = ["SIGUAEpochCallback", "log_selection", "manual_step"]
+
+FORGOTTEN_CALLBACK = (
+    "add SIGUAEpochCallback() to the Trainer's callbacks (or call opt.set_epoch(epoch) yourself)"
+)
 
 
 def manual_step(module: pl.LightningModule, losses: Tensor, **kwargs: Any) -> Tensor:
@@ -61,17 +69,67 @@ def manual_step(module: pl.LightningModule, losses: Tensor, **kwargs: Any) -> Te
             objective = manual_step(self, F.cross_entropy(self(x), y, reduction="none"))
             self.log("objective", objective)
     """
+    optimizer = _one_optimizer(module, "manual_step steps")
+    sigua = sigua_optimizer(optimizer)
+    objective = sigua.objective(losses, **kwargs)
+    module.manual_backward(objective)
+    optimizer.step()
+    _warn_if_epoch_stuck(sigua, module.trainer.current_epoch, FORGOTTEN_CALLBACK)
+    return objective.detach()
+
+
+def log_selection(module: pl.LightningModule, **kwargs: Any) -> None:
+    r"""Log the selection of the last ``objective`` (or :func:`manual_step`) with ``self.log_dict``.
+
+    From :attr:`SIGUAOptimizer.last_result`, as tensors, with no host read of its own (Lightning
+    reads them when it logs): ``sigua_good_fraction`` and ``sigua_bad_fraction``, the fractions
+    of the losses selected good and bad; ``sigua_objective``, Eq. 3; ``sigua_mean_loss``, the
+    plain mean loss (what training without SIGUA would minimise); ``sigua_epoch`` and, for a
+    condition with a rate (``SmallLoss``, ``BandSelected``), ``sigua_keep_rate``,
+    :math:`\rho(t)`. Warns once when Lightning is past its first epoch but the optimizer's
+    epoch is still 0 (no :class:`SIGUAEpochCallback`).
+
+    Args:
+        module: the LightningModule (``self`` in ``training_step``), with one SIGUAOptimizer.
+        **kwargs: for ``module.log_dict`` (``on_step=``, ``on_epoch=``, ``prog_bar=``, ...).
+
+    Example::
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            objective = sigua_optimizer(self.optimizers()).objective(
+                F.cross_entropy(self(x), y, reduction="none"))
+            log_selection(self)
+            return objective
+    """
+    sigua = sigua_optimizer(_one_optimizer(module, "log_selection logs"))
+    result = sigua.last_result
+    if result is None:
+        raise ValueError(
+            "log_selection found no selection to log: call it in training_step after "
+            "sigua_optimizer(self.optimizers()).objective(losses) or manual_step(self, losses)"
+        )
+    _warn_if_epoch_stuck(sigua, module.trainer.current_epoch, FORGOTTEN_CALLBACK)
+    values: dict[str, Any] = {
+        "sigua_good_fraction": result.good.float().mean(),
+        "sigua_bad_fraction": result.bad.float().mean(),
+        "sigua_objective": result.objective,
+        "sigua_mean_loss": result.mean_loss,
+        **_schedule_logs(sigua),
+    }
+    module.log_dict(values, batch_size=result.good.numel(), **kwargs)
+
+
+def _one_optimizer(module: pl.LightningModule, what: str) -> Any:
+    """``module.optimizers()``, refused when ``configure_optimizers`` returned several."""
     optimizer = module.optimizers()
     if isinstance(optimizer, list):
         raise TypeError(
-            f"manual_step steps one optimizer, but configure_optimizers returned {len(optimizer)}: "
+            f"{what} one optimizer, but configure_optimizers returned {len(optimizer)}: "
             "step each with objective = sigua_optimizer(opt).objective(losses); "
             "self.manual_backward(objective); opt.step()"
         )
-    objective = sigua_optimizer(optimizer).objective(losses, **kwargs)
-    module.manual_backward(objective)
-    optimizer.step()
-    return objective.detach()
+    return optimizer
 
 
 class SIGUAEpochCallback(pl.Callback):
