@@ -48,8 +48,12 @@ def class_losses(logits: Tensor) -> Tensor:
     return -F.log_softmax(logits.to(wide), dim=-1)
 
 
-def check_logits_targets(logits: Tensor | None, targets: Tensor | None, k: int, owner: str) -> None:
-    """Validate ``logits=`` ([n, k] floating) and ``targets=`` ([n] integer in [0, k))."""
+def check_logits_targets(logits: Tensor | None, targets: Tensor | None, k: int, owner: str) -> Tensor:
+    """Validate ``logits=`` ([n, k] floating) and ``targets=`` ([n] integer in [0, k)).
+
+    Returns the targets as int64: an index of another integer dtype is refused by indexing
+    (int8, int16, int32 on some versions) or, as uint8, taken for a bool mask.
+    """
     if logits is None or targets is None:
         missing = " and ".join(n for n, v in (("logits=", logits), ("targets=", targets)) if v is None)
         raise ValueError(f"{owner} needs {missing}: pass them, e.g. step(losses, logits=logits, targets=y)")
@@ -60,7 +64,8 @@ def check_logits_targets(logits: Tensor | None, targets: Tensor | None, k: int, 
             f"logits= must be floating point of shape [batch, {k}] (k = the transition matrix's "
             f"size); got {tuple(logits.shape)} {logits.dtype}"
         )
-    if targets.shape != logits.shape[:1] or targets.dtype.is_floating_point or targets.dtype == torch.bool:
+    integer = not (targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool)
+    if targets.shape != logits.shape[:1] or not integer:
         raise ValueError(
             f"targets= must be integer class indices of shape [{logits.shape[0]}] (one per row of "
             f"logits); got {tuple(targets.shape)} {targets.dtype}"
@@ -68,6 +73,7 @@ def check_logits_targets(logits: Tensor | None, targets: Tensor | None, k: int, 
     # A host read: skipped inside torch.compile, where it would break the graph.
     if not torch.compiler.is_compiling() and bool(((targets < 0) | (targets >= k)).any()):
         raise ValueError(f"targets= must be class indices in [0, {k}); got values outside that range")
+    return targets.long()
 
 
 def backward_corrected_cross_entropy(logits: Tensor, targets: Tensor, transition_matrix: Tensor) -> Tensor:
@@ -92,7 +98,7 @@ def backward_corrected_cross_entropy(logits: Tensor, targets: Tensor, transition
         torch.Size([4])
     """
     _, inverse = invert_transition_matrix(transition_matrix)
-    check_logits_targets(logits, targets, inverse.shape[0], "backward_corrected_cross_entropy")
+    targets = check_logits_targets(logits, targets, inverse.shape[0], "backward_corrected_cross_entropy")
     per_class = class_losses(logits)
     rows = inverse.to(per_class.device, per_class.dtype, non_blocking=True)[targets]
     return (per_class * rows).sum(dim=1)

@@ -95,8 +95,8 @@ class NonNegativeCorrection(Scheduled):
             targets = targets.reshape(-1)
         if valid is not None and targets is not None and targets.shape == valid.shape:
             targets = targets.masked_fill(~valid, 0)  # padding may carry ignore_index
-        check_logits_targets(logits, targets, self.inverse.shape[0], "NonNegativeCorrection")
-        assert logits is not None and targets is not None
+        targets = check_logits_targets(logits, targets, self.inverse.shape[0], "NonNegativeCorrection")
+        assert logits is not None
         if logits.shape[0] != n:
             raise ValueError(f"logits= has {logits.shape[0]} rows but there are {n} losses")
         if self.epoch < self.warmup_epochs:

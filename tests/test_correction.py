@@ -1,0 +1,24 @@
+"""Backward correction (Eq. 8) and its non-negative criterion (Eqs. 11-12): inputs and sharing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sigua_optim.conditions import NonNegativeCorrection
+from sigua_optim.losses import backward_corrected_cross_entropy
+from sigua_optim.noise import pair
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32])
+def test_integer_targets_of_any_dtype_are_class_indices(dtype: torch.dtype) -> None:
+    """n == k and no label 0: a uint8 index taken for a bool mask would pick rows 0, 1, 2."""
+    transition = pair(3, 0.45)
+    logits = torch.tensor([[4.0, 0.0, 0.0], [0.0, 4.0, 0.0], [0.0, 0.0, 4.0]])
+    targets = torch.tensor([1, 2, 1])
+    want = backward_corrected_cross_entropy(logits, targets, transition)
+    got = backward_corrected_cross_entropy(logits, targets.to(dtype), transition)
+    assert torch.equal(got, want)
+    condition = NonNegativeCorrection(transition)
+    want_bad = condition(want, logits=logits, targets=targets).bad
+    assert torch.equal(condition(want, logits=logits, targets=targets.to(dtype)).bad, want_bad)
