@@ -22,3 +22,15 @@ def test_integer_targets_of_any_dtype_are_class_indices(dtype: torch.dtype) -> N
     condition = NonNegativeCorrection(transition)
     want_bad = condition(want, logits=logits, targets=targets).bad
     assert torch.equal(condition(want, logits=logits, targets=targets.to(dtype)).bad, want_bad)
+
+
+@pytest.mark.parametrize(("name", "value"), [("ascend", "no"), ("ascend", 0), ("ascend", None)])
+def test_ascend_must_be_a_bool(name: str, value: object) -> None:
+    """``bool("no")`` is True: a string would silently turn nnBC into SIGUA_BC."""
+    with pytest.raises(TypeError, match="ascend must be True or False"):
+        NonNegativeCorrection(pair(3, 0.2), **{name: value})  # type: ignore[arg-type]
+
+
+def test_criterion_is_one_of_the_two() -> None:
+    with pytest.raises(ValueError, match="criterion must be one of 'sample', 'total'"):
+        NonNegativeCorrection(pair(3, 0.2), criterion="Sample")  # type: ignore[arg-type]

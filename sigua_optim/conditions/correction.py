@@ -17,12 +17,13 @@ and pass ``logits=`` and ``targets=`` to the step.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
 
 from .. import functional
+from .._validation import check_bool, check_choice
 from ..functional import Criterion
 from ..losses import check_logits_targets, class_losses, invert_transition_matrix
 from .base import Scheduled, Selection, check_batch, check_epoch, check_valid
@@ -65,10 +66,8 @@ class NonNegativeCorrection(Scheduled):
         warmup_epochs: float = 0,
     ) -> None:
         self.transition_matrix, self.inverse = invert_transition_matrix(transition_matrix)
-        if criterion not in ("sample", "total"):
-            raise ValueError(f"criterion must be 'sample' or 'total' (Eq. 11), got {criterion!r}")
-        self.ascend = bool(ascend)
-        self.criterion: Criterion = criterion
+        self.ascend = check_bool(ascend, "ascend")
+        self.criterion: Criterion = check_choice(criterion, "criterion", get_args(Criterion))  # type: ignore[assignment]
         self.warmup_epochs = check_epoch(warmup_epochs, "warmup_epochs")
         self._inverse_on: dict[tuple[torch.device, torch.dtype], Tensor] = {}
 
