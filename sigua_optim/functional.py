@@ -50,18 +50,26 @@ __all__ = [
 
 
 def keep_rate(noise_rate: float, epoch: float, warmup_epochs: float, semantics: Semantics = "paper") -> float:
-    r"""The rate of data kept as good, :math:`\rho(t)`.
+    r"""The rate of data kept as good, :math:`\rho(t) = 1 - f(t)` with the forget rate :math:`f`.
 
-    ``"paper"`` (Eq. 4): :math:`\rho(t) = 1 - \epsilon \min(t / T_k, 1)`, with
-    :math:`\min(t / 0, 1) = 1` (no warm-up).
+    ``"paper"`` (Eq. 4): :math:`f(t) = \epsilon \min(t / T_k, 1)`, with :math:`\min(t / 0, 1) = 1`
+    (no warm-up).
 
-    ``"official"`` (the authors' code): the forget rate rises linearly over epochs
-    :math:`0 .. T_k - 1` and reaches :math:`\epsilon` at epoch :math:`T_k - 1`:
-    :math:`\rho(t) = 1 - \epsilon \min(t / (T_k - 1), 1)`, with no warm-up for :math:`T_k \le 1`.
+    ``"official"`` (the authors' code): :math:`f(t)` is ``numpy.linspace(0, eps, T_k)[t]``, and
+    :math:`\epsilon` past the array, bit for bit: ``t * step`` with ``step = eps / (T_k - 1)``
+    (``t / (T_k - 1) * eps`` where ``step`` underflows to 0), exactly :math:`\epsilon` from epoch
+    :math:`T_k - 1` on. For :math:`T_k = 1` the array is ``[0]``, so :math:`\epsilon` is reached
+    at epoch 1, as for :math:`T_k = 2`; :math:`T_k < 1` is no warm-up. A fractional ``t`` takes
+    the same ``t * step``. The authors' loop counts epochs from 1: ``set_epoch(epoch + 1)`` in a
+    loop counting from 0 reproduces their runs (docs/differences.md).
     """
-    span = warmup_epochs if semantics == "paper" else warmup_epochs - 1
-    progress = 1.0 if span <= 0 else min(epoch / span, 1.0)
-    return 1.0 - noise_rate * progress
+    if semantics == "paper":
+        return 1.0 - noise_rate * (1.0 if warmup_epochs <= 0 else min(epoch / warmup_epochs, 1.0))
+    div = max(warmup_epochs - 1.0, 1.0)
+    if warmup_epochs < 1 or epoch >= div:
+        return 1.0 - noise_rate
+    step = noise_rate / div
+    return 1.0 - (epoch * step if step != 0 else epoch / div * noise_rate)
 
 
 HOST_MIN_SIZE = 8192

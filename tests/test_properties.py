@@ -105,6 +105,34 @@ def test_schedules_equal_eq4_and_the_authors_code(eps: float, epoch: float, warm
     )
 
 
+@given(noise_rates, st.integers(0, 40), st.integers(0, 60), st.integers(1, 300))
+def test_the_official_schedule_is_the_authors_linspace_bit_for_bit(
+    eps: float, warmup: int, epoch: int, n: int
+) -> None:
+    """At whole epochs the reference builds the authors' array with numpy.linspace itself."""
+    rate = functional.keep_rate(eps, epoch, warmup, "official")
+    assert rate == reference.official_keep_rate(eps, epoch, warmup)
+    condition = SmallLoss(eps, warmup, semantics="official")
+    condition.set_epoch(epoch)
+    want, _ = reference.official_small_loss([float(i) for i in range(n)], rate)
+    assert condition(torch.arange(float(n))).good.tolist() == want
+
+
+def test_the_official_schedule_floors_as_the_authors_code() -> None:
+    """eps = 0.4, T_k = 12, t = 10: linspace gives f = 10 * (0.4 / 11); 11 * (1 - f) floors to 6,
+    where 1 - 0.4 * (10 / 11) would keep 7."""
+    condition = SmallLoss(0.4, 12, semantics="official")
+    condition.set_epoch(10)
+    assert int(condition(torch.arange(11.0)).good.sum()) == 6
+
+
+def test_the_official_schedule_with_one_warmup_epoch_is_that_of_two() -> None:
+    """linspace(0, eps, 1) is [0]: no forgetting at epoch 0, eps from epoch 1 on."""
+    for epoch in (0, 1, 2):
+        want = functional.keep_rate(0.3, epoch, 2, "official")
+        assert functional.keep_rate(0.3, epoch, 1, "official") == want == [1.0, 0.7, 0.7][epoch]
+
+
 @given(loss_vectors(), rates(), rates())
 def test_band_masks_match_eq6_at_any_rates(losses: torch.Tensor, rate: float, band: float) -> None:
     good, bad = functional.band_masks(losses, rate, band)

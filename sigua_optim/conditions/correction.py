@@ -42,7 +42,9 @@ class NonNegativeCorrection(Scheduled):
         criterion: ``"sample"`` (default, the authors' per-sample rule) or ``"total"`` (Eq. 11 as
             printed); see the module docstring.
         warmup_epochs: epochs of plain backward correction (every sample good) before the
-            criterion applies, as the authors' code does; default 0 (the paper).
+            criterion applies, as the authors' code does; default 0 (the paper). Their loop
+            counts epochs from 1 and switches at ``epoch > warm_up``: with
+            ``set_epoch(epoch + 1)``, ``warmup_epochs=warm_up + 1`` reproduces it.
 
     Each call needs ``logits=`` ``[n, k]`` and ``targets=`` (the noisy labels, ``[n]``; per-token
     ``[batch, seq, k]`` and ``[batch, seq]`` are flattened); it reads back one bool to check that
