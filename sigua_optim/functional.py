@@ -249,7 +249,7 @@ def official_small_loss_mask(losses: Tensor, rate: float) -> Tensor:
 
 
 def official_band_masks(losses: Tensor, rate: float, bad_fraction: float) -> tuple[Tensor, Tensor]:
-    r"""SIGUA_SL as the authors' code selects (NOTES.md, items 1-2).
+    r"""SIGUA_SL as the authors' code selects (docs/differences.md, "kept set" and "bad set").
 
     Good: the :math:`n_{good} = \lfloor n \rho \rfloor` smallest losses. Bad: the next
     :math:`\max(\lfloor (n - n_{good})\, r \rfloor, 1)` in sorted order, as many as exist (so
