@@ -16,3 +16,15 @@ def test_testing_without_hypothesis_says_how_to_install_it(monkeypatch: pytest.M
     monkeypatch.delitem(sys.modules, "sigua_optim.testing", raising=False)
     with pytest.raises(ImportError, match=r"sigua_optim\.testing needs hypothesis: pip install"):
         importlib.import_module("sigua_optim.testing")
+
+
+def test_the_licence_the_metadata_names_is_shipped() -> None:
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'license = "MIT"' in pyproject and 'license-files = ["LICENSE"]' in pyproject
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License")
+
+
+def test_the_changelog_has_this_version() -> None:
+    from sigua_optim import __version__
+
+    assert f"## [{__version__}]" in (ROOT / "CHANGELOG.md").read_text()
