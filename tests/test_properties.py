@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -210,12 +211,9 @@ def test_host_and_device_selection_agree(
     valid = torch.tensor(data.draw(st.lists(st.booleans(), min_size=n, max_size=n))) if masked else None
     bounds = ((rate,), (rate, band))
     on_device = functional._rank_at_most(losses, bounds, valid)
-    threshold = functional.HOST_MIN_SIZE
-    functional.HOST_MIN_SIZE = 0
-    try:
+    with pytest.MonkeyPatch.context() as patch:  # hypothesis reruns the body: no function fixture
+        patch.setattr(functional, "HOST_MIN_SIZE", 0)
         on_host = functional._rank_at_most(losses, bounds, valid)
         lowest = functional.lowest_k_mask(losses, data.draw(st.integers(0, n)))
-    finally:
-        functional.HOST_MIN_SIZE = threshold
     assert [m.tolist() for m in on_host] == [m.tolist() for m in on_device]
     assert functional.lowest_k_mask(losses, int(lowest.sum())).tolist() == lowest.tolist()
