@@ -262,6 +262,11 @@ def official_band_masks(losses: Tensor, rate: float, bad_fraction: float) -> tup
     return good, within > good
 
 
+NONNEGATIVE_CHUNK = 1 << 16
+"""Elements of the ``[n, k]`` per-class losses that :func:`nonnegative_masks` widens to float64 at
+a time: its float64 memory is O(n + this), not O(n k) (and the blocks stay in cache)."""
+
+
 def nonnegative_masks(
     class_losses: Tensor,
     targets: Tensor,
@@ -280,11 +285,21 @@ def nonnegative_masks(
       Eq. 11 as printed.
 
     :math:`C_{bad} = \neg C_{good}` when ``ascend`` (SIGUA_BC, Eq. 12), else none (nnBC).
+
+    The criterion is evaluated in the dtype of ``inverse`` (float64 in
+    :class:`~sigua_optim.conditions.NonNegativeCorrection`), ``class_losses`` being widened to it
+    in blocks of ``NONNEGATIVE_CHUNK`` elements.
     """
-    if criterion == "sample":
-        value = (class_losses * inverse[targets]).sum(dim=1)
-    else:
-        value = class_losses @ inverse.sum(dim=0)
+    n, k = class_losses.shape
+    rows = max(1, NONNEGATIVE_CHUNK // k)
+    column_sums = inverse.sum(dim=0)
+    value = class_losses.new_empty(n, dtype=inverse.dtype)
+    for start in range(0, n, rows):
+        block = class_losses[start : start + rows].to(inverse.dtype, copy=True)
+        if criterion == "sample":
+            value[start : start + rows] = block.mul_(inverse[targets[start : start + rows]]).sum(dim=1)
+        else:
+            value[start : start + rows] = block @ column_sums
     good = value >= 0
     return good, ~good if ascend else torch.zeros_like(good)
 

@@ -129,12 +129,11 @@ class BackwardCorrection:
         """k, the size of :math:`T`."""
         return int(self.inverse.shape[0])
 
-    def inverse_like(self, like: Tensor) -> Tensor:
-        """:math:`T^{-1}` on the device and in the dtype of ``like`` (converted once per pair)."""
-        key = (like.device, like.dtype)
-        if key not in self._inverse_on:
-            self._inverse_on[key] = self.inverse.to(like.device, like.dtype)
-        return self._inverse_on[key]
+    def inverse_on(self, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """:math:`T^{-1}` on ``device`` in ``dtype`` (converted once per pair)."""
+        if (device, dtype) not in self._inverse_on:
+            self._inverse_on[device, dtype] = self.inverse.to(device, dtype)
+        return self._inverse_on[device, dtype]
 
     def class_losses(self, logits: Tensor) -> Tensor:
         """:func:`class_losses` of ``logits``, detached: those of the last call if it had this
@@ -150,7 +149,7 @@ class BackwardCorrection:
         targets = check_logits_targets(logits, targets, self.num_classes, "BackwardCorrection")
         per_class = class_losses(logits)
         self._last = (weakref.ref(logits), logits._version, per_class.detach())
-        return (per_class * self.inverse_like(per_class)[targets]).sum(dim=1)
+        return (per_class * self.inverse_on(per_class.device, per_class.dtype)[targets]).sum(dim=1)
 
 
 def backward_corrected_cross_entropy(logits: Tensor, targets: Tensor, transition_matrix: Tensor) -> Tensor:

@@ -56,7 +56,7 @@ def test_backward_correction_inverts_once_and_equals_the_function(monkeypatch: p
 
     monkeypatch.setattr(losses_module, "invert_transition_matrix", refuse)
     assert torch.equal(corr(logits, y), want)
-    assert corr.inverse_like(logits) is corr.inverse_like(logits.clone())  # one copy per device/dtype
+    assert corr.inverse_on(logits.device, logits.dtype) is corr.inverse_on(logits.device, logits.dtype)
 
 
 def test_sigua_bc_computes_the_per_class_losses_once_per_step(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -88,7 +88,11 @@ def test_nonnegative_correction(data: st.DataObject, n: int, k: int, ascend: boo
     from sigua_optim.losses import backward_corrected_cross_entropy
 
     losses = backward_corrected_cross_entropy(logits, targets, transition).to(dtype)
-    assert_matches_reference(condition, losses, gamma=gamma, logits=logits, targets=targets)
+    # The criterion is evaluated in blocks of rows: draw blocks of one row, of a few, and of all.
+    chunk = data.draw(st.sampled_from([1, k, 3 * k + 1, functional.NONNEGATIVE_CHUNK]), label="chunk")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(functional, "NONNEGATIVE_CHUNK", chunk)
+        assert_matches_reference(condition, losses, gamma=gamma, logits=logits, targets=targets)
 
 
 @given(loss_vectors(), st.integers(-2, 70))

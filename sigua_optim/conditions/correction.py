@@ -111,10 +111,9 @@ class NonNegativeCorrection(Scheduled):
         if self.epoch < self.warmup_epochs:
             good = torch.ones_like(losses, dtype=torch.bool) if valid is None else valid
             return Selection(good, torch.zeros_like(good))
-        per_class = self.correction.class_losses(logits).reshape(flat.shape).double()
-        good, bad = functional.nonnegative_masks(
-            per_class, targets, self.correction.inverse_like(per_class), self.criterion, self.ascend
-        )
+        per_class = self.correction.class_losses(logits).reshape(flat.shape)
+        inverse = self.correction.inverse_on(per_class.device, torch.float64)
+        good, bad = functional.nonnegative_masks(per_class, targets, inverse, self.criterion, self.ascend)
         return Selection(good, bad) if valid is None else Selection(good & valid, bad & valid)
 
     def __repr__(self) -> str:
