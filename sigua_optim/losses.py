@@ -54,7 +54,9 @@ def class_losses(logits: Tensor) -> Tensor:
     Computed as ``-log_softmax`` in at least float32.
     """
     wide = torch.promote_types(logits.dtype, torch.float32)
-    return -F.log_softmax(logits.to(wide), dim=-1)
+    log_probabilities = F.log_softmax(logits.to(wide), dim=-1)
+    # Negated in place unless autograd keeps log_softmax's output for its backward.
+    return -log_probabilities if log_probabilities.requires_grad else log_probabilities.neg_()
 
 
 def check_logits_targets(logits: Tensor | None, targets: Tensor | None, k: int, owner: str) -> Tensor:
