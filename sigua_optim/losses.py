@@ -97,7 +97,8 @@ class BackwardCorrection:
 
     Pass the object to :class:`~sigua_optim.conditions.NonNegativeCorrection` (SIGUA_BC / nnBC):
     the condition then reuses the per-class losses :math:`\ell_{vec}` this object computed for the
-    same ``logits`` tensor (unchanged since), so each step computes them once.
+    same ``logits`` tensor (unchanged since), so each step computes them once. It keeps those of its
+    last call (detached, ``[n, k]``; not pickled) until the next.
 
     Args:
         transition_matrix: :math:`T`, ``[k, k]``, :math:`T_{ij} = p(\tilde y = j | y = i)`:
