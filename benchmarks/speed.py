@@ -6,7 +6,9 @@
    BandSelected and NonNegativeCorrection: ours eager and ``torch.compile``d, against the literal
    pairwise count of Eq. 5 (up to 16k), the authors' approach (argsort on the host, index
    gather, per-group means), a ``torch.topk`` selection, and the floors on the same tensor: one
-   single-k ``numpy.partition``, one ``torch.kthvalue``, one ``losses.sum()``.
+   single-k ``numpy.partition``, one ``torch.kthvalue``, one ``losses.sum()``. NonNegativeCorrection
+   also with the per-class losses shared by the loss's ``BackwardCorrection`` ("ours shared"),
+   against one ``log_softmax`` over the same ``[n, k]`` logits.
 2. Step overhead: ``SIGUAOptimizer.step(losses)`` against ``loss.mean().backward();
    optimizer.step()`` on the Figure-1 deep MLP and the 9-layer CNN at batch 128, same data.
 3. Peak extra memory of selection + reduction against n, each in a fresh process.
@@ -41,6 +43,7 @@ import torch.nn.functional as F
 from benchmarks.models import cnn9, deep_mlp
 from sigua_optim import SIGUAOptimizer, functional
 from sigua_optim.conditions import BandSelected, NonNegativeCorrection, SmallLoss
+from sigua_optim.losses import BackwardCorrection
 from sigua_optim.noise import symmetric
 
 SIZES = (128, 1024, 16_384, 262_144, 1_048_576, 4_194_304)
@@ -162,7 +165,14 @@ def selection_table(sizes: list[int], compile_too: bool, device: str) -> list[di
                 torch._dynamo.reset()  # a fresh cache per condition and size: no recompile limit
                 compiled = torch.compile(fn, fullgraph=True, dynamic=False)
                 contenders["ours compiled"] = partial(compiled, losses, **inputs)
-            if name != "NonNegativeCorrection":
+            if name == "NonNegativeCorrection":
+                # SIGUA_BC as trained: the loss's BackwardCorrection has computed l_vec for these
+                # logits, which the condition reuses; and one log_softmax over them, the floor.
+                correction = BackwardCorrection(transition)
+                correction(logits, targets)
+                contenders["ours shared"] = partial(ours(NonNegativeCorrection(correction)), losses, **inputs)
+                contenders["floor log_softmax"] = partial(F.log_softmax, logits, dim=1)
+            else:
                 if n <= PAIRWISE_LIMIT // 4:
                     contenders["pairwise Eq. 5"] = partial(pairwise, losses, band)
                 contenders["authors"] = partial(authors, losses, band)
@@ -191,6 +201,9 @@ def print_selection_row(row: dict[str, Any]) -> None:
     ratios = f"ours/{floor.removeprefix('floor ')} {ms['ours'] / ms[floor]:.2f}x"
     if "authors" in ms:
         ratios += f", authors/ours {ms['authors'] / ms['ours']:.2f}x"
+    if "floor log_softmax" in ms:
+        ratios += f", ours/log_softmax {ms['ours'] / ms['floor log_softmax']:.2f}x"
+        ratios += f", ours shared/log_softmax {ms['ours shared'] / ms['floor log_softmax']:.2f}x"
     print(f"{row['condition']:>22} n={row['n']:>8}: {cells} ms | {ratios}")
 
 

@@ -51,19 +51,27 @@ __all__ = [
 
 
 def keep_rate(noise_rate: float, epoch: float, warmup_epochs: float, semantics: Semantics = "paper") -> float:
-    r"""The rate of data kept as good, :math:`\rho(t)`.
+    r"""The rate of data kept as good, :math:`\rho(t) = 1 - f(t)` with the forget rate :math:`f`.
 
-    ``"paper"`` (Eq. 4): :math:`\rho(t) = 1 - \epsilon \min(t / T_k, 1)`, with
-    :math:`\min(t / 0, 1) = 1` (no warm-up).
+    ``"paper"`` (Eq. 4): :math:`f(t) = \epsilon \min(t / T_k, 1)`, with :math:`\min(t / 0, 1) = 1`
+    (no warm-up).
 
-    ``"official"`` (the authors' code): the forget rate rises linearly over epochs
-    :math:`0 .. T_k - 1` and reaches :math:`\epsilon` at epoch :math:`T_k - 1`:
-    :math:`\rho(t) = 1 - \epsilon \min(t / (T_k - 1), 1)`, with no warm-up for :math:`T_k \le 1`.
+    ``"official"`` (the authors' code): :math:`f(t)` is ``numpy.linspace(0, eps, T_k)[t]``, and
+    :math:`\epsilon` past the array, bit for bit: ``t * step`` with ``step = eps / (T_k - 1)``
+    (``t / (T_k - 1) * eps`` where ``step`` underflows to 0), exactly :math:`\epsilon` from epoch
+    :math:`T_k - 1` on. For :math:`T_k = 1` the array is ``[0]``, so :math:`\epsilon` is reached
+    at epoch 1, as for :math:`T_k = 2`; :math:`T_k < 1` is no warm-up. A fractional ``t`` takes
+    the same ``t * step``. The authors' loop counts epochs from 1: ``set_epoch(epoch + 1)`` in a
+    loop counting from 0 reproduces their runs (docs/differences.md).
     """
     check_choice(semantics, "semantics", ("paper", "official"))
-    span = warmup_epochs if semantics == "paper" else warmup_epochs - 1
-    progress = 1.0 if span <= 0 else min(epoch / span, 1.0)
-    return 1.0 - noise_rate * progress
+    if semantics == "paper":
+        return 1.0 - noise_rate * (1.0 if warmup_epochs <= 0 else min(epoch / warmup_epochs, 1.0))
+    div = max(warmup_epochs - 1.0, 1.0)
+    if warmup_epochs < 1 or epoch >= div:
+        return 1.0 - noise_rate
+    step = noise_rate / div
+    return 1.0 - (epoch * step if step != 0 else epoch / div * noise_rate)
 
 
 HOST_MIN_SIZE = 8192
@@ -243,7 +251,7 @@ def official_small_loss_mask(losses: Tensor, rate: float) -> Tensor:
 
 
 def official_band_masks(losses: Tensor, rate: float, bad_fraction: float) -> tuple[Tensor, Tensor]:
-    r"""SIGUA_SL as the authors' code selects (NOTES.md, items 1-2).
+    r"""SIGUA_SL as the authors' code selects (docs/differences.md, "kept set" and "bad set").
 
     Good: the :math:`n_{good} = \lfloor n \rho \rfloor` smallest losses. Bad: the next
     :math:`\max(\lfloor (n - n_{good})\, r \rfloor, 1)` in sorted order, as many as exist (so
@@ -254,6 +262,11 @@ def official_band_masks(losses: Tensor, rate: float, bad_fraction: float) -> tup
     n_bad = max(math.floor((n - n_good) * bad_fraction), 1)
     good, within = _lowest_k_masks(losses, [n_good, n_good + n_bad])
     return good, within > good
+
+
+NONNEGATIVE_CHUNK = 1 << 16
+"""Elements of the ``[n, k]`` per-class losses that :func:`nonnegative_masks` widens to float64 at
+a time: its float64 memory is O(n + this), not O(n k) (and the blocks stay in cache)."""
 
 
 def nonnegative_masks(
@@ -274,11 +287,22 @@ def nonnegative_masks(
       Eq. 11 as printed.
 
     :math:`C_{bad} = \neg C_{good}` when ``ascend`` (SIGUA_BC, Eq. 12), else none (nnBC).
+
+    The criterion is evaluated in the dtype of ``inverse`` (float64 in
+    :class:`~sigua_optim.conditions.NonNegativeCorrection`), ``class_losses`` being widened to it
+    in blocks of ``NONNEGATIVE_CHUNK`` elements.
     """
-    if check_choice(criterion, "criterion", ("sample", "total")) == "sample":
-        value = (class_losses * inverse[targets]).sum(dim=1)
-    else:
-        value = class_losses @ inverse.sum(dim=0)
+    check_choice(criterion, "criterion", ("sample", "total"))
+    n, k = class_losses.shape
+    rows = max(1, NONNEGATIVE_CHUNK // k)
+    column_sums = inverse.sum(dim=0)
+    value = class_losses.new_empty(n, dtype=inverse.dtype)
+    for start in range(0, n, rows):
+        block = class_losses[start : start + rows].to(inverse.dtype, copy=True)
+        if criterion == "sample":
+            value[start : start + rows] = block.mul_(inverse[targets[start : start + rows]]).sum(dim=1)
+        else:
+            value[start : start + rows] = block @ column_sums
     good = value >= 0
     return good, ~good if ascend else torch.zeros_like(good)
 

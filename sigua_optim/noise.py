@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import torch
 
+from ._validation import check_real
+
 __all__ = [
     "check_transition_matrix",
     "corrupt",
@@ -41,14 +43,13 @@ __all__ = [
 _ROW_SUM_TOL = 1e-6
 
 
-def _check_k_eps(k: int, eps: float) -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+def _check_k_eps(k: int, eps: float) -> float:
+    """``eps`` as a float, after checking ``k`` (an int >= 2) and ``eps`` (a real in [0, 1))."""
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"k must be an integer number of classes >= 2; got k={k!r:.100}")
+    if k < 2:
         raise ValueError(f"k must be an integer number of classes >= 2; got k={k!r}")
-    if not 0.0 <= float(eps) < 1.0:
-        raise ValueError(
-            f"eps must be a flip probability in [0, 1); got eps={eps!r} "
-            "(pass a fraction, e.g. eps=0.5 for 50% noise)"
-        )
+    return check_real(eps, "eps", 0.0, 1.0, high_open=True, hint=" (a fraction, e.g. eps=0.5 for 50% noise)")
 
 
 def symmetric(k: int, eps: float) -> torch.Tensor:
@@ -59,10 +60,9 @@ def symmetric(k: int, eps: float) -> torch.Tensor:
             [0.2500, 0.5000, 0.2500],
             [0.2500, 0.2500, 0.5000]], dtype=torch.float64)
     """
-    _check_k_eps(k, eps)
-    off = float(eps) / (k - 1)
-    T = torch.full((k, k), off, dtype=torch.float64)
-    T.fill_diagonal_(1.0 - float(eps))
+    eps = _check_k_eps(k, eps)
+    T = torch.full((k, k), eps / (k - 1), dtype=torch.float64)
+    T.fill_diagonal_(1.0 - eps)
     return T
 
 
@@ -76,22 +76,25 @@ def pair(k: int, eps: float) -> torch.Tensor:
             [0.0000, 0.5500, 0.4500],
             [0.4500, 0.0000, 0.5500]], dtype=torch.float64)
     """
-    _check_k_eps(k, eps)
+    eps = _check_k_eps(k, eps)
     eye = torch.eye(k, dtype=torch.float64)
-    return (1.0 - float(eps)) * eye + float(eps) * eye.roll(1, dims=1)
+    return (1.0 - eps) * eye + eps * eye.roll(1, dims=1)
 
 
 def check_transition_matrix(T: torch.Tensor, name: str = "T") -> torch.Tensor:
     """Validate a transition matrix and return it as a float64 tensor.
 
-    Raises :class:`ValueError` naming ``name`` unless ``T`` is a square ``k x k`` matrix
-    (``k >= 2``) of finite, non-negative entries whose rows each sum to 1.
+    Raises :class:`TypeError` naming ``name`` unless ``T`` is a real (not complex) tensor, and
+    :class:`ValueError` unless it is a square ``k x k`` matrix (``k >= 2``) of finite,
+    non-negative entries whose rows each sum to 1.
 
     >>> check_transition_matrix(torch.tensor([[0.9, 0.1], [0.2, 0.8]])).dtype
     torch.float64
     """
     if not isinstance(T, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor; got {type(T).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor; got {type(T).__name__}")
+    if T.dtype.is_complex:
+        raise TypeError(f"{name} must be real (probabilities); got a {T.dtype} tensor: pass {name}.real")
     if T.dim() != 2 or T.shape[0] != T.shape[1] or T.shape[0] < 2:
         raise ValueError(f"{name} must be a square k x k matrix with k >= 2; got shape {tuple(T.shape)}")
     T64 = T.detach().to(torch.float64)
@@ -122,6 +125,11 @@ def corrupt(
     """
     T64 = check_transition_matrix(T)
     k = T64.shape[0]
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator or None; got {generator!r:.100} "
+            "(for a seed, pass torch.Generator().manual_seed(seed))"
+        )
     if not isinstance(labels, torch.Tensor):
         raise ValueError(f"labels must be a torch.Tensor; got {type(labels).__name__}")
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:

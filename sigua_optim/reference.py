@@ -3,7 +3,7 @@ r"""The specification: Algorithm 1 and Eqs. 4-6, 11-12 as the paper's literal lo
 Slow on purpose (the counts of Eqs. 5-6 are O(n^2)) and free of tensors, so that each line can
 be read against the paper. :mod:`sigua_optim.functional` is tested against these functions
 (:func:`sigua_optim.testing.assert_matches_reference`). The ``official_*`` functions state the
-authors' released code the same way (NOTES.md, "Where the authors' released code differs").
+authors' released code the same way (docs/differences.md lists where it differs from the paper).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 from torch import Tensor
 
 Masks = tuple[list[bool], list[bool]]
@@ -37,10 +38,21 @@ def keep_rate(noise_rate: float, epoch: float, warmup_epochs: float) -> float:
 
 
 def official_keep_rate(noise_rate: float, epoch: float, warmup_epochs: float) -> float:
-    """The authors' schedule: the forget rate reaches eps at epoch T_k - 1."""
-    if warmup_epochs <= 1:
+    """The authors' schedule: 1 - forget rate, the forget rate ``numpy.linspace(0, eps, T_k)[t]``.
+
+    As their code builds it: an array of ``eps`` per epoch whose first T_k entries are that
+    linspace (for T_k = 1, ``[0]``: eps from epoch 1 on). Between whole epochs, or for a
+    fractional T_k, numpy has no answer; there the forget rate is linspace's own arithmetic,
+    ``t * step`` with ``step = eps / max(T_k - 1, 1)``, eps from epoch T_k - 1 and for T_k < 1.
+    """
+    if epoch == int(epoch) and warmup_epochs == int(warmup_epochs):
+        schedule = np.full(max(int(epoch), int(warmup_epochs)) + 1, noise_rate)
+        schedule[: int(warmup_epochs)] = np.linspace(0, noise_rate, int(warmup_epochs))
+        return 1.0 - float(schedule[int(epoch)])
+    div = max(warmup_epochs - 1, 1)
+    if warmup_epochs < 1 or epoch >= div:
         return 1.0 - noise_rate
-    return 1.0 - noise_rate * min(epoch / (warmup_epochs - 1), 1.0)
+    return 1.0 - epoch * (noise_rate / div)
 
 
 def _count_smaller(losses: Sequence[float], i: int) -> int:

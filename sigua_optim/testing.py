@@ -27,8 +27,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from hypothesis import strategies as st
 from torch import Tensor
+
+try:
+    from hypothesis import strategies as st
+except ImportError as error:
+    raise ImportError(
+        "sigua_optim.testing needs hypothesis: pip install 'hypothesis>=6.80' "
+        "(or install this package with its test extra, pip install -e '.[test]' from a checkout)"
+    ) from error
 
 from . import reference as spec
 from .functional import Reduction, sigua_objective

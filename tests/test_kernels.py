@@ -3,6 +3,8 @@ interpreter on the CPU: see conftest.py)."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -73,8 +75,20 @@ def test_objective_and_gradient_equal_the_torch_reduction(
     torch.testing.assert_close(got_grad.cpu(), want_grad)
 
 
-def test_fusable_only_takes_small_half_or_float32_batches_on_a_gpu() -> None:
+def _on_a_gpu(n: int, dtype: torch.dtype) -> torch.Tensor:
+    """What ``fusable`` reads of a CUDA tensor, so that its rule is tested without a GPU."""
+    return SimpleNamespace(is_cuda=True, shape=(n,), dtype=dtype)  # type: ignore[return-value]
+
+
+def test_fusable_only_takes_small_half_or_float32_batches_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not kernels.fusable(torch.zeros(8))  # CPU: the torch ops
+    for dtype in HALF_AND_FLOAT:
+        assert kernels.fusable(_on_a_gpu(1, dtype)) and kernels.fusable(_on_a_gpu(kernels.MAX_FUSED, dtype))
+        assert not kernels.fusable(_on_a_gpu(kernels.MAX_FUSED + 1, dtype))
+    assert not kernels.fusable(_on_a_gpu(8, torch.float64))
+    monkeypatch.setattr(kernels, "AVAILABLE", False)
+    assert not kernels.fusable(_on_a_gpu(8, torch.float32))
+    monkeypatch.undo()
     if torch.cuda.is_available():
         assert kernels.fusable(torch.zeros(8, device="cuda", dtype=torch.bfloat16))
         assert not kernels.fusable(torch.zeros(8, device="cuda", dtype=torch.float64))

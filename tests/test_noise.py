@@ -127,7 +127,6 @@ def test_noise_rate_with_prior() -> None:
         (lambda: symmetric(10, 1.0), "eps"),
         (lambda: pair(10, -0.1), "eps"),
         (lambda: symmetric(1, 0.2), "k"),
-        (lambda: pair(2.5, 0.2), "k"),
         (lambda: check_transition_matrix(torch.ones(2, 3) / 3), "T"),
         (lambda: check_transition_matrix(torch.tensor([[1.5, -0.5], [0.0, 1.0]])), "T"),
         (lambda: check_transition_matrix(torch.tensor([[0.5, 0.4], [0.0, 1.0]])), "T"),
@@ -144,3 +143,27 @@ def test_noise_rate_with_prior() -> None:
 def test_bad_inputs_raise_naming_the_argument(call, name: str) -> None:
     with pytest.raises(ValueError, match=rf"\b{name}\b"):
         call()
+
+
+@pytest.mark.parametrize(
+    ("call", "name"),
+    [
+        (lambda: symmetric(3, "abc"), "eps"),
+        (lambda: pair(3, [0.2]), "eps"),
+        (lambda: symmetric(3, complex(0.2, 0)), "eps"),
+        (lambda: pair(2.5, 0.2), "k"),
+        (lambda: corrupt(torch.tensor([0, 1]), symmetric(3, 0.2), generator=0), "generator"),
+        (lambda: check_transition_matrix(torch.eye(2, dtype=torch.complex64)), "T"),
+        (lambda: check_transition_matrix([[1.0, 0.0], [0.0, 1.0]]), "T"),
+    ],
+)
+def test_wrong_types_raise_type_error_naming_the_argument(call, name: str) -> None:
+    with pytest.raises(TypeError, match=rf"\b{name}\b"):
+        call()
+
+
+def test_a_complex_transition_matrix_is_refused_not_truncated() -> None:
+    """Its imaginary part would be dropped by the float64 conversion."""
+    T = torch.eye(2, dtype=torch.complex128) + 0.5j
+    with pytest.raises(TypeError, match="T must be real"):
+        corrupt(torch.tensor([0, 1]), T)

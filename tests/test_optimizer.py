@@ -214,13 +214,17 @@ def test_update_equals_algorithm1_loop(
         "clean": KnownClean(),
     }[kind]
     opt = SIGUAOptimizer(base(model.parameters(), lr=0.05), condition, gamma)
+    # The expected masks come from a copy made before the step: KnownClean returns clean= itself
+    # as its good mask, so a mask changed in place during the step would otherwise change both sides.
+    given = clean.clone()
     inputs = {"clean": clean} if kind == "clean" else {}  # the other conditions take no clean=
     result = opt.step(F.cross_entropy(model(x), y, reduction="none").to(dtype), **inputs)
 
     # Algorithm 1, lines 1-12, with the reference loop's masks.
     losses = F.cross_entropy(twin(x), y, reduction="none").to(dtype)
-    good, bad = reference.for_condition(condition)(losses.detach().double().tolist(), clean=clean)
+    good, bad = reference.for_condition(condition)(losses.detach().double().tolist(), clean=given)
     assert result.good.tolist() == good and result.bad.tolist() == bad
+    assert torch.equal(clean, given)  # the caller's mask is not modified
     accumulated = torch.zeros((), dtype=torch.float64)
     for i in range(n):
         if good[i]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -87,7 +88,11 @@ def test_nonnegative_correction(data: st.DataObject, n: int, k: int, ascend: boo
     from sigua_optim.losses import backward_corrected_cross_entropy
 
     losses = backward_corrected_cross_entropy(logits, targets, transition).to(dtype)
-    assert_matches_reference(condition, losses, gamma=gamma, logits=logits, targets=targets)
+    # The criterion is evaluated in blocks of rows: draw blocks of one row, of a few, and of all.
+    chunk = data.draw(st.sampled_from([1, k, 3 * k + 1, functional.NONNEGATIVE_CHUNK]), label="chunk")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(functional, "NONNEGATIVE_CHUNK", chunk)
+        assert_matches_reference(condition, losses, gamma=gamma, logits=logits, targets=targets)
 
 
 @given(loss_vectors(), st.integers(-2, 70))
@@ -103,6 +108,34 @@ def test_schedules_equal_eq4_and_the_authors_code(eps: float, epoch: float, warm
     assert functional.keep_rate(eps, epoch, warmup, "official") == reference.official_keep_rate(
         eps, epoch, warmup
     )
+
+
+@given(noise_rates, st.integers(0, 40), st.integers(0, 60), st.integers(1, 300))
+def test_the_official_schedule_is_the_authors_linspace_bit_for_bit(
+    eps: float, warmup: int, epoch: int, n: int
+) -> None:
+    """At whole epochs the reference builds the authors' array with numpy.linspace itself."""
+    rate = functional.keep_rate(eps, epoch, warmup, "official")
+    assert rate == reference.official_keep_rate(eps, epoch, warmup)
+    condition = SmallLoss(eps, warmup, semantics="official")
+    condition.set_epoch(epoch)
+    want, _ = reference.official_small_loss([float(i) for i in range(n)], rate)
+    assert condition(torch.arange(float(n))).good.tolist() == want
+
+
+def test_the_official_schedule_floors_as_the_authors_code() -> None:
+    """eps = 0.4, T_k = 12, t = 10: linspace gives f = 10 * (0.4 / 11); 11 * (1 - f) floors to 6,
+    where 1 - 0.4 * (10 / 11) would keep 7."""
+    condition = SmallLoss(0.4, 12, semantics="official")
+    condition.set_epoch(10)
+    assert int(condition(torch.arange(11.0)).good.sum()) == 6
+
+
+def test_the_official_schedule_with_one_warmup_epoch_is_that_of_two() -> None:
+    """linspace(0, eps, 1) is [0]: no forgetting at epoch 0, eps from epoch 1 on."""
+    for epoch in (0, 1, 2):
+        want = functional.keep_rate(0.3, epoch, 2, "official")
+        assert functional.keep_rate(0.3, epoch, 1, "official") == want == [1.0, 0.7, 0.7][epoch]
 
 
 @given(loss_vectors(), rates(), rates())
@@ -182,12 +215,9 @@ def test_host_and_device_selection_agree(
     valid = torch.tensor(data.draw(st.lists(st.booleans(), min_size=n, max_size=n))) if masked else None
     bounds = ((rate,), (rate, band))
     on_device = functional._rank_at_most(losses, bounds, valid)
-    threshold = functional.HOST_MIN_SIZE
-    functional.HOST_MIN_SIZE = 0
-    try:
+    with pytest.MonkeyPatch.context() as patch:  # hypothesis reruns the body: no function fixture
+        patch.setattr(functional, "HOST_MIN_SIZE", 0)
         on_host = functional._rank_at_most(losses, bounds, valid)
         lowest = functional.lowest_k_mask(losses, data.draw(st.integers(0, n)))
-    finally:
-        functional.HOST_MIN_SIZE = threshold
     assert [m.tolist() for m in on_host] == [m.tolist() for m in on_device]
     assert functional.lowest_k_mask(losses, int(lowest.sum())).tolist() == lowest.tolist()

@@ -4,27 +4,29 @@ The backward-corrected loss of Eq. 8 is unbiased but can go negative, and a nega
 sign of over-fitting noisy labels. A sample is good when its corrected loss is non-negative; nnBC
 drops the rest, SIGUA_BC ascends on them (Eq. 12, ``gamma = 1`` in the paper).
 
-Two criteria (NOTES.md, "Caution on Eq. 11"):
+Two criteria (docs/differences.md, "Eq. 11 criterion"):
 
 - ``"sample"`` (default, the authors' code): :math:`[T^{-1}\ell_{vec}(x_i)]_{\tilde y_i} \ge 0`.
 - ``"total"`` (Eq. 11 as printed): :math:`\mathbf{1}^\top T^{-1}\ell_{vec}(x_i) \ge 0`. For any T
   whose columns also sum to 1 (symmetric and pair noise) :math:`\mathbf{1}^\top T^{-1} =
   \mathbf{1}^\top`, so this never marks a sample bad there.
 
-An exact 0 counts as good. Train with ``losses = backward_corrected_cross_entropy(logits, y, T)``
-and pass ``logits=`` and ``targets=`` to the step.
+An exact 0 counts as good. Train with ``corr = BackwardCorrection(T)``, ``losses = corr(logits, y)``
+and ``NonNegativeCorrection(corr)``, and pass ``logits=`` and ``targets=`` to the step: the
+condition reuses the per-class losses ``corr`` computed for those logits.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor
 
 from .. import functional
+from .._validation import check_bool, check_choice
 from ..functional import Criterion
-from ..losses import check_logits_targets, class_losses, invert_transition_matrix
+from ..losses import BackwardCorrection, check_logits_targets
 from .base import Scheduled, Selection, check_batch, check_epoch, check_valid
 
 
@@ -36,12 +38,17 @@ class NonNegativeCorrection(Scheduled):
 
     Args:
         transition_matrix: :math:`T`, ``[k, k]``, :math:`T_{ij} = p(\tilde y = j | y = i)`:
-            row-stochastic and invertible. Inverted once; the criterion is evaluated in float64.
+            row-stochastic and invertible, or the
+            :class:`~sigua_optim.losses.BackwardCorrection` that computes the training losses
+            (then its :math:`T^{-1}` and, for the same logits, its per-class losses are reused).
+            Inverted once; the criterion is evaluated in float64.
         ascend: ascend on the negative-loss samples (SIGUA_BC, default) or drop them (nnBC).
         criterion: ``"sample"`` (default, the authors' per-sample rule) or ``"total"`` (Eq. 11 as
             printed); see the module docstring.
         warmup_epochs: epochs of plain backward correction (every sample good) before the
-            criterion applies, as the authors' code does; default 0 (the paper).
+            criterion applies, as the authors' code does; default 0 (the paper). Their loop
+            counts epochs from 1 and switches at ``epoch > warm_up``: with
+            ``set_epoch(epoch + 1)``, ``warmup_epochs=warm_up + 1`` reproduces it.
 
     Each call needs ``logits=`` ``[n, k]`` and ``targets=`` (the noisy labels, ``[n]``; per-token
     ``[batch, seq, k]`` and ``[batch, seq]`` are flattened); it reads back one bool to check that
@@ -49,12 +56,18 @@ class NonNegativeCorrection(Scheduled):
 
     Example:
         >>> import torch
+        >>> from sigua_optim import SIGUAOptimizer
+        >>> from sigua_optim.losses import BackwardCorrection
         >>> from sigua_optim.noise import pair
-        >>> cond = NonNegativeCorrection(pair(3, 0.45))
-        >>> logits = torch.tensor([[4.0, 0.0, 0.0], [0.0, 4.0, 0.0]])
-        >>> # Fitting label 0 this confidently drives the first corrected loss below 0 (-0.66).
-        >>> cond(torch.zeros(2), logits=logits, targets=torch.tensor([0, 0])).bad
-        tensor([ True, False])
+        >>> model = torch.nn.Linear(5, 3)
+        >>> corr = BackwardCorrection(pair(3, 0.45))
+        >>> sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> opt = SIGUAOptimizer(sgd, NonNegativeCorrection(corr), gamma=1.0)
+        >>> x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
+        >>> logits = model(x)
+        >>> result = opt.step(corr(logits, y), logits=logits, targets=y)  # l_vec computed once
+        >>> result.good.shape
+        torch.Size([8])
     """
 
     inputs: ClassVar[frozenset[str]] = frozenset({"logits", "targets", "valid"})
@@ -62,24 +75,19 @@ class NonNegativeCorrection(Scheduled):
 
     def __init__(
         self,
-        transition_matrix: Tensor,
+        transition_matrix: Tensor | BackwardCorrection,
         ascend: bool = True,
         criterion: Criterion = "sample",
         warmup_epochs: float = 0,
     ) -> None:
-        self.transition_matrix, self.inverse = invert_transition_matrix(transition_matrix)
-        if criterion not in ("sample", "total"):
-            raise ValueError(f"criterion must be 'sample' or 'total' (Eq. 11), got {criterion!r}")
-        self.ascend = bool(ascend)
-        self.criterion: Criterion = criterion
+        if isinstance(transition_matrix, BackwardCorrection):
+            self.correction = transition_matrix
+        else:
+            self.correction = BackwardCorrection(transition_matrix)
+        self.transition_matrix, self.inverse = self.correction.transition_matrix, self.correction.inverse
+        self.ascend = check_bool(ascend, "ascend")
+        self.criterion: Criterion = check_choice(criterion, "criterion", get_args(Criterion))  # type: ignore[assignment]
         self.warmup_epochs = check_epoch(warmup_epochs, "warmup_epochs")
-        self._inverse_on: dict[tuple[torch.device, torch.dtype], Tensor] = {}
-
-    def _inverse_like(self, like: Tensor) -> Tensor:
-        key = (like.device, like.dtype)
-        if key not in self._inverse_on:
-            self._inverse_on[key] = self.inverse.to(like.device, like.dtype)
-        return self._inverse_on[key]
 
     def __call__(
         self,
@@ -92,23 +100,23 @@ class NonNegativeCorrection(Scheduled):
     ) -> Selection:
         n = check_batch(losses)
         valid = check_valid(valid, losses)
+        flat = logits
         if logits is not None and logits.ndim > 2:  # per-token: [batch, seq, k] -> [batch * seq, k]
-            logits = logits.reshape(-1, logits.shape[-1])
+            flat = logits.reshape(-1, logits.shape[-1])
         if targets is not None and targets.ndim > 1:
             targets = targets.reshape(-1)
         if valid is not None and targets is not None and targets.shape == valid.shape:
             targets = targets.masked_fill(~valid, 0)  # padding may carry ignore_index
-        check_logits_targets(logits, targets, self.inverse.shape[0], "NonNegativeCorrection")
-        assert logits is not None and targets is not None
-        if logits.shape[0] != n:
-            raise ValueError(f"logits= has {logits.shape[0]} rows but there are {n} losses")
+        targets = check_logits_targets(flat, targets, self.inverse.shape[0], "NonNegativeCorrection")
+        assert logits is not None and flat is not None
+        if flat.shape[0] != n:
+            raise ValueError(f"logits= has {flat.shape[0]} rows but there are {n} losses")
         if self.epoch < self.warmup_epochs:
             good = torch.ones_like(losses, dtype=torch.bool) if valid is None else valid
             return Selection(good, torch.zeros_like(good))
-        per_class = class_losses(logits.detach()).double()
-        good, bad = functional.nonnegative_masks(
-            per_class, targets, self._inverse_like(per_class), self.criterion, self.ascend
-        )
+        per_class = self.correction.class_losses(logits).reshape(flat.shape)
+        inverse = self.correction.inverse_on(per_class.device, torch.float64)
+        good, bad = functional.nonnegative_masks(per_class, targets, inverse, self.criterion, self.ascend)
         return Selection(good, bad) if valid is None else Selection(good & valid, bad & valid)
 
     def __repr__(self) -> str:
