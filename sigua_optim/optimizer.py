@@ -2,24 +2,23 @@ r"""SIGUAOptimizer: the step of Algorithm 1 around any ``torch.optim`` optimizer
 
 from __future__ import annotations
 
-import math
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Literal, NamedTuple, get_args
+from typing import Any, Literal, NamedTuple, get_args, overload
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import functional
+from . import _distributed, _guard, functional
+from ._validation import check_real
 from .conditions import AllGood, Condition
 from .conditions.base import Selection, check_batch, check_epoch
 from .functional import Reduction
 
 NonFinite = Literal["raise", "skip", "unchecked"]
 Scope = Literal["global", "local"]
-_DISTRIBUTED = dist.is_available()  # a property of the torch build
 
 __all__ = ["SIGUAOptimizer", "StepResult"]
 
@@ -32,9 +31,12 @@ class StepResult(NamedTuple):
         objective: the detached scalar of Eq. 3 (the value back-propagated).
         good: bool mask of the samples descended on.
         bad: bool mask of the samples ascended on.
-        skipped: True when ``nonfinite="skip"`` found a NaN/inf loss and nothing was changed.
+        skipped: True when ``nonfinite="skip"`` refused the update (a NaN/inf loss or
+            gradient): parameters and optimizer state unchanged, gradients set to None.
         mean_loss: the detached plain mean of the (valid) losses, what a step without SIGUA
             would have back-propagated: log it beside ``objective``.
+        grad_norm: with ``max_grad_norm``, the total 2-norm of the gradients before clipping
+            (what ``torch.nn.utils.clip_grad_norm_`` returns); None otherwise.
     """
 
     objective: Tensor
@@ -42,6 +44,16 @@ class StepResult(NamedTuple):
     bad: Tensor
     skipped: bool = False
     mean_loss: Tensor | None = None
+    grad_norm: Tensor | None = None
+
+
+class _Skipped(Exception):
+    """Raised inside a closure to leave the wrapped optimizer's step before it updates."""
+
+
+EPOCH_WARNING_STEPS = 200
+"""Updates at epoch 0, without ``set_epoch`` ever called nor ``steps_per_epoch``, after which a
+condition whose schedule moves with the epoch warns once that it is not moving."""
 
 
 def _check_gamma(gamma: float) -> float:
@@ -115,6 +127,40 @@ def _check_selection(selection: Any, losses: Tensor, source: str) -> None:
         )
 
 
+def _check_max_grad_norm(max_grad_norm: float) -> float:
+    norm = check_real(max_grad_norm, "max_grad_norm", hint=" (the total gradient norm to clip to, e.g. 1.0)")
+    if norm <= 0:
+        raise ValueError(f"max_grad_norm must be > 0 (e.g. 1.0), or None not to clip; got {max_grad_norm!r}")
+    return norm
+
+
+def _schedule_moves(condition: Any) -> bool:
+    """Whether the condition's selection follows the epoch (a set_epoch and a warm-up)."""
+    return callable(getattr(condition, "set_epoch", None)) and getattr(condition, "warmup_epochs", 0) > 0
+
+
+def _graph_freed(losses: Tensor, limit: int = 32) -> bool:
+    """True when backward already ran through the graph of ``losses`` and freed it.
+
+    Walks from ``losses.grad_fn`` to the first node (of at most ``limit``) that saved a tensor:
+    reading a saved tensor that backward freed raises.
+    """
+    nodes = [losses.grad_fn]
+    for node in nodes[:limit]:
+        if node is None:
+            continue
+        saved = [name for name in dir(node) if name.startswith("_saved_")]
+        for name in saved:
+            try:
+                value = getattr(node, name)
+            except RuntimeError:
+                return True
+            if isinstance(value, Tensor):
+                return False
+        nodes.extend(child for child, _ in node.next_functions)
+    return False
+
+
 class SIGUAOptimizer(Optimizer):
     r"""SIGUA (Han et al., ICML 2020) around any optimizer: descend on good, ascend on bad data.
 
@@ -139,18 +185,34 @@ class SIGUAOptimizer(Optimizer):
             StopGrad (bad data ignored).
         reduction: ``"paper"`` (default, Eq. 3) or ``"official"``: the authors' code,
             :math:`\mathrm{mean}_{good}(\ell) - \gamma\,\mathrm{mean}_{bad}(\ell)`.
-        nonfinite: what a NaN or infinite loss does. ``"raise"`` (default): a ValueError before
-            anything changes. ``"skip"``: no backward, no step, ``result.skipped`` is True.
-            Both read one number back from the device each step, the objective, which a NaN
-            or inf loss makes NaN or inf (as ``GradScaler`` reads one). Under
-            ``torch.distributed`` the ranks decide together, by one all-reduce of one number.
-            ``"unchecked"``: no check and no host synchronisation; a NaN reaches the parameters,
-            as in a plain PyTorch step.
+        nonfinite: what a NaN or inf loss or gradient does to an update, on every path:
+            ``step(losses)``, and the plain ``step()`` / ``step(closure)`` after
+            :meth:`objective` and your own backward. ``"raise"`` (default): a ValueError and
+            ``"skip"``: the update is refused (``last_result.skipped`` is True); either way the
+            parameters and the optimizer state are unchanged and the gradients are set to None.
+            Both read one flag back from the device per update, after backward (the objective
+            or a gradient is not finite; as ``GradScaler`` reads one). Under
+            ``torch.distributed`` the ranks decide together, by an all-reduce of that flag.
+            With ``scaler=`` only the losses are checked here: the GradScaler checks the
+            gradients itself (and skips the step, as under AMP). ``"unchecked"``: no check and
+            no host synchronisation; a NaN reaches the parameters, as in a plain PyTorch step.
         distributed: under an initialised ``torch.distributed`` process group (DDP, FSDP),
             ``"global"`` (default) selects over the batches of all ranks, as one process would
-            over their concatenation (the losses are all-gathered; n_b is the global count);
-            ``"local"`` selects within each rank's batch.
+            over their concatenation (the losses are all-gathered; n_b, and the official
+            reduction's group counts, are the global ones); ``"local"`` selects within each
+            rank's batch.
         process_group: the group to select over (default: the world).
+        steps_per_epoch: when given, every update (a ``step(losses)``, or a plain ``step()``;
+            not each :meth:`objective` of an accumulated batch) advances the epoch by
+            ``1 / steps_per_epoch``, so :math:`\rho(t)` moves without :meth:`set_epoch`; a
+            :meth:`set_epoch` call still sets the epoch, and the count restarts from it. Default
+            None: the epoch moves only by :meth:`set_epoch` (trainers' callbacks call it, and
+            only the loop knows its length), and a condition whose schedule needs it warns once
+            after ``EPOCH_WARNING_STEPS`` updates without it.
+        max_grad_norm: when given, the gradients are clipped to this total 2-norm
+            (``torch.nn.utils.clip_grad_norm_``) between backward and every update, after
+            ``scaler.unscale_`` with ``scaler=``; the norm before clipping is
+            ``last_result.grad_norm``. Default None: no clipping.
 
     Example:
         >>> import torch
@@ -182,6 +244,8 @@ class SIGUAOptimizer(Optimizer):
         nonfinite: NonFinite = "raise",
         distributed: Scope = "global",
         process_group: Any = None,
+        steps_per_epoch: int | None = None,
+        max_grad_norm: float | None = None,
     ) -> None:
         if isinstance(optimizer, SIGUAOptimizer):
             raise TypeError("optimizer is already a SIGUAOptimizer: wrap the base optimizer once")
@@ -205,7 +269,20 @@ class SIGUAOptimizer(Optimizer):
             raise ValueError(f"distributed must be 'global' or 'local', got {distributed!r}")
         self.distributed: Scope = distributed
         self.process_group = process_group
+        if steps_per_epoch is not None and (
+            isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch < 1
+        ):
+            raise ValueError(
+                "steps_per_epoch must be a positive int, the optimizer steps of one epoch "
+                f"(len(loader) // accumulation steps), or None; got {steps_per_epoch!r:.100}"
+            )
+        self.steps_per_epoch = steps_per_epoch
+        self.max_grad_norm = None if max_grad_norm is None else _check_max_grad_norm(max_grad_norm)
         self.epoch = 0.0
+        self._epoch_set = 0.0  # the epoch of the last set_epoch ...
+        self._steps_in_epoch = 0  # ... and the updates since: epoch = _epoch_set + steps / steps_per_epoch
+        self._epoch_moved = False
+        self._pending: list[_guard.Pending] = []
         self.last_result = None
         # The hook tables torch.optim.Optimizer.__init__ would make; param_groups, state and
         # defaults are not copied but delegated to the wrapped optimizer (properties below).
@@ -245,6 +322,7 @@ class SIGUAOptimizer(Optimizer):
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Forward to the wrapped optimizer's ``zero_grad``."""
         self.optimizer.zero_grad(set_to_none=set_to_none)
+        self._pending = []  # the objectives of those gradients are gone with them
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Forward to the wrapped optimizer's ``add_param_group``."""
@@ -273,10 +351,33 @@ class SIGUAOptimizer(Optimizer):
     def set_epoch(self, epoch: float) -> None:
         r"""Set the epoch t (from 0; a float for step-level schedules) that drives :math:`\rho(t)`.
 
-        Forwarded to the default condition, and to a per-call condition before it runs.
+        Forwarded to the default condition, and to a per-call condition before it runs. With
+        ``steps_per_epoch``, the updates that follow advance it from here.
         """
-        self.epoch = check_epoch(epoch)
+        self.epoch = self._epoch_set = check_epoch(epoch)
+        self._steps_in_epoch = 0
+        self._epoch_moved = True
         self._follow_epoch(self.condition)
+
+    def _advance(self) -> None:
+        """An update was taken (or skipped): move the epoch by ``1 / steps_per_epoch``."""
+        self._steps_in_epoch += 1
+        if self.steps_per_epoch is not None:
+            self.epoch = self._epoch_set + self._steps_in_epoch / self.steps_per_epoch
+            self._follow_epoch(self.condition)
+        elif (
+            not self._epoch_moved
+            and self._steps_in_epoch == EPOCH_WARNING_STEPS
+            and _schedule_moves(self.condition)
+        ):
+            warnings.warn(
+                f"{EPOCH_WARNING_STEPS} optimizer steps at epoch 0: the schedule of "
+                f"{self.condition!r} follows the epoch, which has not moved, so it still keeps "
+                "every sample as good (plain training). Call opt.set_epoch(epoch) at the start of "
+                "each epoch, or pass SIGUAOptimizer(..., steps_per_epoch=len(loader))",
+                UserWarning,
+                stacklevel=4,
+            )
 
     def _follow_epoch(self, condition: Any) -> None:
         set_epoch = getattr(condition, "set_epoch", None)
@@ -342,10 +443,17 @@ class SIGUAOptimizer(Optimizer):
         logging: ``opt.last_result.good.sum()``.
         """
         objective, chosen = self._select_and_reduce(losses, condition, selection, num_items, inputs)
-        self.last_result = StepResult(
-            objective.detach(), chosen.good, chosen.bad, mean_loss=self._mean(losses, inputs)
-        )
+        self._keep(objective, chosen, losses, inputs)
         return objective
+
+    def _keep(self, objective: Tensor, chosen: Selection, losses: Tensor, inputs: dict[str, Any]) -> None:
+        """Record the objective: in :attr:`last_result`, and for the guard of the next update."""
+        detached = objective.detach()
+        self.last_result = StepResult(detached, chosen.good, chosen.bad, mean_loss=self._mean(losses, inputs))
+        if self.nonfinite != "unchecked" and objective.requires_grad:
+            valid = inputs.get("valid")
+            flat = losses.detach().reshape(-1)
+            self._pending.append(_guard.Pending(detached, flat, None if valid is None else valid.reshape(-1)))
 
     @staticmethod
     def _mean(losses: Tensor, inputs: dict[str, Any]) -> Tensor:
@@ -373,8 +481,16 @@ class SIGUAOptimizer(Optimizer):
                 "on (not under torch.no_grad() or after .detach()), or the step cannot learn"
             )
         _check_num_items(num_items, self.reduction)
+        divisors = None
         if selection is None and num_items is None and self._world_size() > 1:
-            selection, num_items = self._select_globally(losses, valid, condition, inputs)
+            selection, divisors = _distributed.select_globally(
+                lambda whole, mask, shared: self._select(whole, mask, condition, shared),
+                losses,
+                valid,
+                inputs,
+                self.process_group,
+            )
+            num_items = divisors.total
         elif selection is None:
             selection = self._select(losses, valid, condition, inputs)
         elif condition is not None:
@@ -383,113 +499,46 @@ class SIGUAOptimizer(Optimizer):
             _check_selection(selection, losses.reshape(shape), "selection=")
             selection = Selection(selection.good.reshape(-1), selection.bad.reshape(-1))
         if valid is not None:
-            losses = torch.where(valid, losses, 0.0)  # padding, whatever it holds, weighs 0 (not NaN)
+            # Padding losses weigh 0 and never make Eq. 3 NaN (no 0 * NaN); a NaN the model
+            # computed there still reaches the gradients (backward: 0 * NaN), for the guard.
+            losses = torch.where(valid, losses, 0.0)
             if num_items is None:
                 num_items = valid.sum().clamp_min(1)  # n_b of Eq. 3 counts the real tokens
-        objective = functional.sigua_objective(
-            losses, selection.good, selection.bad, self.gamma, self.reduction, num_items
-        )
+        if divisors is not None and self.reduction == "official":
+            objective = _distributed.official_objective(
+                losses, selection.good, selection.bad, self.gamma, divisors
+            )
+        else:
+            objective = functional.sigua_objective(
+                losses, selection.good, selection.bad, self.gamma, self.reduction, num_items
+            )
         if len(shape) > 1:
             selection = Selection(selection.good.reshape(shape), selection.bad.reshape(shape))
         return objective, selection
 
-    def _ranks(self) -> int:
-        """Ranks of ``process_group`` under an initialised torch.distributed; 1 without one."""
-        if not _DISTRIBUTED or not dist.is_initialized():
-            return 1
-        return int(dist.get_world_size(self.process_group))
-
     def _world_size(self) -> int:
         """Ranks sharing the selection: > 1 under an initialised process group, scope "global"."""
-        return 1 if self.distributed == "local" else self._ranks()
+        return 1 if self.distributed == "local" else _distributed.ranks(self.process_group)
 
-    def _select_globally(
-        self, losses: Tensor, valid: Tensor | None, condition: Any, inputs: dict[str, Any]
-    ) -> tuple[Selection, Tensor]:
-        """Select over the batches of all ranks, as one process would over their concatenation.
+    @overload  # type: ignore[override]
+    def step(
+        self,
+        losses: Tensor,
+        closure: None = None,
+        *,
+        condition: Condition | Callable[..., Selection] | None = None,
+        selection: Selection | None = None,
+        num_items: int | Tensor | None = None,
+        scaler: torch.amp.GradScaler | None = None,
+        **inputs: Any,
+    ) -> StepResult: ...
 
-        The losses (and every per-sample input) are all-gathered, padded to the largest local
-        batch; the condition runs on the whole; each rank keeps its slice. The divisor of Eq. 3
-        is the global count over the world size, since DDP and FSDP average the gradients of
-        the ranks. Costs two all-gathers and one host read of the local sizes per step.
-        """
-        world, rank = self._world_size(), dist.get_rank(self.process_group)
-        n = losses.shape[0]
-        sizes = [torch.zeros(1, dtype=torch.long, device=losses.device) for _ in range(world)]
-        dist.all_gather(sizes, torch.tensor([n], device=losses.device), group=self.process_group)
-        counts = [int(size) for size in sizes]  # host read: the gathered shapes depend on it
-        width = max(counts)
-        mine = torch.ones(n, dtype=torch.bool, device=losses.device) if valid is None else valid
+    @overload
+    def step(
+        self, losses: Callable[[], Any] | None = None, closure: Callable[[], Any] | None = None
+    ) -> Any: ...
 
-        def gather(value: Tensor) -> Tensor:
-            padded = value.new_zeros((width, *value.shape[1:]))
-            padded[:n] = value
-            parts = [torch.empty_like(padded) for _ in range(world)]
-            dist.all_gather(parts, padded.contiguous(), group=self.process_group)
-            return torch.cat(parts)
-
-        everyone = gather(mine)
-        shared = {
-            name: gather(value) if isinstance(value, Tensor) and value.shape[:1] == (n,) else value
-            for name, value in inputs.items()
-            if name != "valid"
-        }
-        padded = valid is not None or len(set(counts)) > 1
-        if padded:
-            shared["valid"] = everyone
-        whole = self._select(gather(losses.detach()), everyone if padded else None, condition, shared)
-        start = rank * width
-        local = Selection(whole.good[start : start + n], whole.bad[start : start + n])
-        return local, everyone.sum().double().clamp_min(1) / world
-
-    def _nonfinite(
-        self, objective: Tensor, losses: Tensor, valid: Tensor | None, scaler: torch.amp.GradScaler | None
-    ) -> bool:
-        """True when a (valid) loss is NaN/inf and nonfinite="skip"; raises under "raise".
-
-        Every loss but padding enters the objective's dot product, an ignored one with weight
-        0, and 0 * inf is NaN: a NaN or inf loss makes the objective NaN or inf. One host read of
-        that scalar therefore clears a step. Only when it is not finite are the losses looked at
-        one by one (finite losses can still overflow the objective; the step then goes on, as
-        a plain step would). Under torch.distributed, with either scope, the ranks decide
-        together (one all-reduce of one number): a rank that skipped or raised while the
-        others went on to backward would leave DDP's all-reduce waiting for it. (Reading it
-        after the backward, as GradScaler reads its flag, measured slower on a GPU: the host
-        then queues the optimizer step and the next forward onto an idle device.)
-
-        With a GradScaler, a refused step still runs its (scaled) backward and ``unscale_``,
-        which records the non-finite gradients, so that the ``scaler.update()`` that follows
-        works, and backs off, as after any step the scaler skips; the gradients are then
-        cleared.
-        """
-        if self.nonfinite == "unchecked":
-            return False
-        shared = self._ranks() > 1
-        if not shared and math.isfinite(float(objective.detach())):
-            return False
-        broken = ~torch.isfinite(losses.detach())
-        if valid is not None:
-            broken &= valid
-        anywhere = broken.any().int()
-        if shared:
-            dist.all_reduce(anywhere, op=dist.ReduceOp.MAX, group=self.process_group)
-        if not bool(anywhere):
-            return False
-        if scaler is not None:
-            scaler.scale(objective).backward()  # type: ignore[no-untyped-call]
-            scaler.unscale_(self.optimizer)
-            self.optimizer.zero_grad(set_to_none=True)
-        if self.nonfinite == "skip":
-            return True
-        where = broken.nonzero()[:8]
-        bad = (where.flatten() if broken.ndim == 1 else where).tolist()
-        here = f"at indices {bad}..." if bad else "on another rank; none here"
-        raise ValueError(
-            f"losses contain NaN or inf ({here}): nothing was changed. Lower the learning rate, "
-            "check the inputs, or pass nonfinite='skip' to skip such steps"
-        )
-
-    def step(  # type: ignore[override]
+    def step(
         self,
         losses: Tensor | Callable[[], Any] | None = None,
         closure: Callable[[], Any] | None = None,
@@ -535,22 +584,93 @@ class SIGUAOptimizer(Optimizer):
                 raise TypeError(
                     f"{', '.join(given + list(inputs))}= need per-sample losses: call step(losses, ...)"
                 )
-            return self.optimizer.step(losses if closure is None else closure)
+            return self._plain_step(losses if closure is None else closure)
         if closure is not None:
             raise TypeError("pass either per-sample losses or a closure to step(), not both")
+        self._check_fresh(losses)
         objective, chosen = self._select_and_reduce(losses, condition, selection, num_items, inputs)
-        result = StepResult(objective.detach(), chosen.good, chosen.bad, mean_loss=self._mean(losses, inputs))
-        if self._nonfinite(objective, losses, inputs.get("valid"), scaler):
-            self.last_result = result._replace(skipped=True)
-            return self.last_result
+        self._keep(objective, chosen, losses, inputs)
         if scaler is None:
             objective.backward()  # type: ignore[no-untyped-call]
-            self.optimizer.step()
         else:
             scaler.scale(objective).backward()  # type: ignore[no-untyped-call]
-            scaler.step(self.optimizer)
-        self.last_result = result
-        return result
+            scaler.unscale_(self.optimizer)  # before clipping and the guard, as scaler.step would
+        if not self._guarded(scaler is not None):
+            if scaler is None:
+                self.optimizer.step()
+            else:
+                scaler.step(self.optimizer)
+        self._advance()
+        assert self.last_result is not None
+        return self.last_result
+
+    def _check_fresh(self, losses: Tensor) -> None:
+        """Refuse, before anything changes, a step(losses) that backward would fail half-way."""
+        if isinstance(self.optimizer, torch.optim.LBFGS):
+            raise TypeError(
+                "step(losses) cannot drive LBFGS, which evaluates the loss several times per step: "
+                "pass a closure, opt.step(closure) with def closure(): opt.zero_grad(); "
+                "objective = opt.objective(per_sample_losses()); objective.backward(); return objective"
+            )
+        if losses.requires_grad and _graph_freed(losses):
+            raise ValueError(
+                "losses was already back-propagated (its graph is freed): step(losses) runs the "
+                "backward itself, so call either loss.backward() and a plain opt.step(), or "
+                "opt.step(losses) alone, from a fresh forward pass"
+            )
+
+    def _plain_step(self, closure: Callable[[], Any] | None) -> Any:
+        """The wrapped optimizer's step after the caller's backward, guarded and clipped.
+
+        With a closure (Lightning's automatic optimization, LBFGS) the guard and the clipping
+        run after its first evaluation, inside the wrapped optimizer's step but before it
+        changes anything.
+        """
+        if closure is None:
+            out = None if self._guarded(False) else self.optimizer.step()
+            self._advance()
+            return out
+        first = True
+
+        def evaluate() -> Any:
+            nonlocal first
+            loss = closure()
+            if first:
+                first = False
+                if self._guarded(False):
+                    raise _Skipped
+            return loss
+
+        try:
+            out = self.optimizer.step(evaluate)
+        except _Skipped:
+            out = None
+        self._pending = []  # objectives of LBFGS's later evaluations
+        self._advance()
+        return out
+
+    def _guarded(self, scaled: bool) -> bool:
+        """Clip, then apply the non-finite policy to the coming update: True to skip it.
+
+        ``scaled``: a GradScaler unscaled the gradients and checks them itself; the guard then
+        judges the losses only. Records the outcome in :attr:`last_result` when an objective
+        was taken for this update.
+        """
+        grad_norm = grads_flag = None
+        if self.max_grad_norm is not None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                [p for group in self.param_groups for p in group["params"]], self.max_grad_norm
+            )
+            grads_flag = grad_norm.isfinite().logical_not()
+        elif not scaled and self.nonfinite != "unchecked":
+            grads_flag = _guard.nonfinite_grads(_guard.grads_of(self.param_groups))
+        pending, self._pending = self._pending, []
+        skipped = _guard.refused(
+            self.nonfinite, pending, None if scaled else grads_flag, self.process_group, self.param_groups
+        )
+        if pending and self.last_result is not None:
+            self.last_result = self.last_result._replace(skipped=skipped, grad_norm=grad_norm)
+        return skipped
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -1,0 +1,125 @@
+"""The non-finite policy of :class:`~sigua_optim.SIGUAOptimizer`: one host read guards an update.
+
+Before the wrapped optimizer steps, one 0-d flag is computed on the device and read back once:
+the objective (every loss but padding enters its dot product, an ignored one with weight 0, and
+0 * inf is NaN) is not finite, or a gradient holds a NaN or inf (their largest magnitude, or the
+norm that clipping computes anyway). Only when the flag is set are the losses looked at one by
+one: finite losses whose objective overflowed go on, as a plain step would; a NaN or inf loss, or
+a non-finite gradient, refuses the step. Under torch.distributed the ranks take both decisions
+together (an all-reduce of the flag): a rank that refused while the others stepped would leave
+the replicas apart.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from . import _distributed
+
+
+class Pending(NamedTuple):
+    """An objective back-propagated into the gradients that the next update will apply."""
+
+    objective: Tensor  # detached
+    losses: Tensor  # detached, flat
+    valid: Tensor | None
+
+
+def grads_of(param_groups: Iterable[dict[str, Any]]) -> list[Tensor]:
+    """The gradients of the parameters, those that have one."""
+    return [p.grad for group in param_groups for p in group["params"] if p.grad is not None]
+
+
+def nonfinite_grads(grads: list[Tensor]) -> Tensor | None:
+    """A 0-d bool on the device: True when a gradient holds a NaN or inf (None without grads).
+
+    The largest magnitude of each gradient (``torch._foreach_norm`` with ``ord=inf``: one fused
+    pass on a GPU, read-only) is NaN or inf exactly then; it cannot overflow.
+    """
+    if not grads:
+        return None
+    groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+    for grad in grads:
+        groups.setdefault((grad.device, grad.dtype), []).append(grad)
+    device = grads[0].device
+    flags = [
+        torch.stack(torch._foreach_norm(tensors, math.inf)).isfinite().all().logical_not().to(device)
+        for tensors in groups.values()
+    ]
+    return flags[0] if len(flags) == 1 else torch.stack(flags).any()
+
+
+def _broken(item: Pending) -> Tensor:
+    """The mask of the item's non-finite losses, padding left out."""
+    broken = ~torch.isfinite(item.losses)
+    return broken if item.valid is None else broken & item.valid
+
+
+def _together(flags: Tensor, group: Any) -> Tensor:
+    """``flags`` (bool) or-ed over the ranks under torch.distributed (an all-reduce MAX)."""
+    if _distributed.ranks(group) <= 1:
+        return flags
+    flags = flags.int()
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=group)
+    return flags.bool()
+
+
+def refused(
+    policy: str,
+    pending: list[Pending],
+    grads_flag: Tensor | None,
+    group: Any,
+    param_groups: list[dict[str, Any]],
+) -> bool:
+    """True when the update must be skipped (``policy="skip"``); raises under ``"raise"``.
+
+    ``pending``: the objectives whose gradients the update applies; ``grads_flag``: from
+    :func:`nonfinite_grads` (None when the gradients are not checked here, e.g. a GradScaler
+    checks them). A refused update leaves the parameters and the optimizer state as they were
+    and sets the gradients to None (they hold the NaN/inf).
+    """
+    if policy == "unchecked" or (not pending and grads_flag is None):
+        return False
+    objectives = [item.objective for item in pending]
+    if objectives:
+        total = objectives[0] if len(objectives) == 1 else torch.stack([o.float() for o in objectives]).sum()
+        flag = total.isfinite().logical_not()
+        flag = flag if grads_flag is None else flag | grads_flag.to(flag.device)
+    else:
+        assert grads_flag is not None
+        flag = grads_flag
+    if not bool(_together(flag, group)):  # the one host read of a step
+        return False
+    broken = [_broken(item) for item in pending]
+    grads_broken = grads_flag is not None and bool(grads_flag)
+    local = [any(bool(b.any()) for b in broken), grads_broken]
+    losses_anywhere, grads_anywhere = _together(torch.tensor(local, device=flag.device), group).tolist()
+    if not (losses_anywhere or grads_anywhere):
+        return False  # finite losses whose objective overflowed: the step goes on, as a plain one would
+    for param in (p for g in param_groups for p in g["params"]):
+        param.grad = None
+    if policy == "skip":
+        return True
+    indices = [b.nonzero().flatten()[:8].tolist() for b in broken if b.any()]
+    if indices:
+        what = f"losses contain NaN or inf (at indices {indices[0]}...)"
+    elif losses_anywhere:
+        what = "losses contain NaN or inf on another rank; none here"
+    elif grads_broken:
+        what = (
+            "the gradients contain NaN or inf although the losses are finite (0 * NaN in backward: "
+            "a NaN or inf computed where a torch.where or a mask later drops it, sqrt or log at 0)"
+        )
+    else:
+        what = "the gradients contain NaN or inf on another rank; none here"
+    raise ValueError(
+        f"{what}: the step was refused. The parameters and the optimizer state were not changed; "
+        "the gradients were set to None. Lower the learning rate, check the inputs (mask NaN "
+        "before the operation that makes it, not after), or pass nonfinite='skip' to skip such steps"
+    )
