@@ -232,7 +232,8 @@ class SIGUAOptimizer(Optimizer):
 
     process_group: Any = None  # not pickled: a group belongs to one process
     last_result: StepResult | None = None
-    """The :class:`StepResult` of the last :meth:`objective` or :meth:`step` with losses (not pickled)."""
+    """The :class:`StepResult` of the last :meth:`objective` or :meth:`step` with losses; a plain
+    step after :meth:`objective` sets its ``skipped`` and ``grad_norm`` (not pickled)."""
 
     def __init__(
         self,
@@ -549,25 +550,33 @@ class SIGUAOptimizer(Optimizer):
         scaler: torch.amp.GradScaler | None = None,
         **inputs: Any,
     ) -> Any:
-        """One SIGUA step: select, reduce (Eq. 3), back-propagate, step the wrapped optimizer.
+        """One SIGUA step: select, reduce (Eq. 3), back-propagate, then update: clip (with
+        ``max_grad_norm``), guard (``nonfinite``), step the wrapped optimizer.
 
         Args:
-            losses: per-sample losses ``[n]`` that require grad (``reduction='none'``). Without
-                them (or with a callable, taken as a closure) this is a plain step of the wrapped
-                optimizer, for callers that ran backward themselves (GradScaler, trainers).
-            closure: passed to the wrapped optimizer's step (plain step only).
+            losses: per-sample losses ``[n]`` that require grad (``reduction='none'``), from a
+                forward pass not yet back-propagated. Without them (or with a callable, taken as
+                a closure) this is a plain step of the wrapped optimizer, for callers that ran
+                backward themselves (GradScaler, trainers), with the same clipping and guard.
+            closure: passed to the wrapped optimizer's step (plain step only); the clipping and
+                the guard run after its first evaluation, before any update. LBFGS needs one:
+                ``def closure(): opt.zero_grad(); o = opt.objective(losses_fn()); o.backward();
+                return o``, then ``opt.step(closure)``.
             condition: this call's condition instead of the default one.
             selection: a Selection made already (see :meth:`objective`).
             num_items: the divisor of Eq. 3 instead of ``len(losses)`` (see :meth:`objective`).
             scaler: a ``torch.amp.GradScaler``: the objective is scaled before backward and the
                 wrapped optimizer steps through ``scaler.step``, which skips the step when the
-                gradients are not finite. Call ``scaler.update()`` afterwards, as usual (also
-                after a step refused for a NaN/inf loss: the scaler then backs off).
+                gradients are not finite; the gradients are unscaled before clipping. Call
+                ``scaler.update()`` afterwards, as usual (also after a step refused for a NaN/inf
+                loss: its gradients were unscaled, so the scaler records them).
             **inputs: named inputs for the condition (``clean=``, ``logits=``, ``targets=``, ...).
 
         Returns:
-            A :class:`StepResult` of tensors (no host synchronisation), or, for a plain step,
-            whatever the wrapped optimizer's step returns.
+            A :class:`StepResult` of tensors (no host synchronisation), also kept in
+            :attr:`last_result`; or, for a plain step, whatever the wrapped optimizer's step
+            returns (None when ``nonfinite="skip"`` refused it), :attr:`last_result` then being
+            the last :meth:`objective`'s, with ``skipped`` and ``grad_norm`` of this update.
         """
         if losses is None or callable(losses):
             given = [
