@@ -1,18 +1,16 @@
 """The non-finite policy of :class:`~sigua_optim.SIGUAOptimizer`: one host read guards an update.
 
 Before the wrapped optimizer steps, one 0-d flag is computed on the device and read back once:
-the objective (every loss but padding enters its dot product, an ignored one with weight 0, and
-0 * inf is NaN) is not finite, or a gradient holds a NaN or inf (their largest magnitude, or the
-norm that clipping computes anyway). Only when the flag is set are the losses looked at one by
-one: finite losses whose objective overflowed go on, as a plain step would; a NaN or inf loss, or
-a non-finite gradient, refuses the step. Under torch.distributed the ranks take both decisions
-together (an all-reduce of the flag): a rank that refused while the others stepped would leave
-the replicas apart.
-"""
+the objective is not finite (every loss but padding enters its dot product, an ignored one with
+weight 0, and 0 * inf is NaN), or the gradients' norms are not (those that clipping computes
+anyway, or one fused pass). Only when the flag is set are the losses and the gradients looked at
+one by one: finite losses whose objective overflowed, and finite gradients whose norm overflowed,
+go on, as a plain step would; a NaN or inf loss or gradient refuses the step. Under
+torch.distributed the ranks take both decisions together (an all-reduce of the flag): a rank that
+refused while the others stepped would leave the replicas apart."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
@@ -31,16 +29,37 @@ class Pending(NamedTuple):
     valid: Tensor | None
 
 
+PENDING_LIMIT = 64
+"""Objectives kept one by one for the next update; more are merged into one (e.g. objective()
+called many times without a step or zero_grad)."""
+
+
+def add(pending: list[Pending], item: Pending) -> list[Pending]:
+    """``pending`` with ``item``; past ``PENDING_LIMIT``, merged into one (their sum, their losses)."""
+    pending = [*pending, item]
+    if len(pending) <= PENDING_LIMIT:
+        return pending
+    valid = None
+    if any(p.valid is not None for p in pending):
+        valid = torch.cat(
+            [torch.ones_like(p.losses, dtype=torch.bool) if p.valid is None else p.valid for p in pending]
+        )
+    objective = torch.stack([p.objective.float() for p in pending]).sum()
+    return [Pending(objective, torch.cat([p.losses for p in pending]), valid)]
+
+
 def grads_of(param_groups: Iterable[dict[str, Any]]) -> list[Tensor]:
     """The gradients of the parameters, those that have one."""
     return [p.grad for group in param_groups for p in group["params"] if p.grad is not None]
 
 
 def nonfinite_grads(grads: list[Tensor]) -> Tensor | None:
-    """A 0-d bool on the device: True when a gradient holds a NaN or inf (None without grads).
+    """A 0-d bool on the device: True when a gradient may hold a NaN or inf (None without grads).
 
-    The largest magnitude of each gradient (``torch._foreach_norm`` with ``ord=inf``: one fused
-    pass on a GPU, read-only) is NaN or inf exactly then; it cannot overflow.
+    The gradients' 2-norms (``torch._foreach_norm``: one fused read-only pass on a GPU; on a CPU
+    half the cost of the largest magnitude) are not finite when a gradient holds a NaN or inf,
+    and also when finite gradients overflow the norm: :func:`refused` then checks each gradient
+    exactly, off the hot path.
     """
     if not grads:
         return None
@@ -49,7 +68,7 @@ def nonfinite_grads(grads: list[Tensor]) -> Tensor | None:
         groups.setdefault((grad.device, grad.dtype), []).append(grad)
     device = grads[0].device
     flags = [
-        torch.stack(torch._foreach_norm(tensors, math.inf)).isfinite().all().logical_not().to(device)
+        torch.stack(torch._foreach_norm(tensors)).isfinite().all().logical_not().to(device)
         for tensors in groups.values()
     ]
     return flags[0] if len(flags) == 1 else torch.stack(flags).any()
@@ -97,7 +116,8 @@ def refused(
     if not bool(_together(flag, group)):  # the one host read of a step
         return False
     broken = [_broken(item) for item in pending]
-    grads_broken = grads_flag is not None and bool(grads_flag)
+    grads = grads_of(param_groups) if grads_flag is not None and bool(grads_flag) else []
+    grads_broken = any(not bool(torch.isfinite(grad).all()) for grad in grads)
     local = [any(bool(b.any()) for b in broken), grads_broken]
     losses_anywhere, grads_anywhere = _together(torch.tensor(local, device=flag.device), group).tolist()
     if not (losses_anywhere or grads_anywhere):

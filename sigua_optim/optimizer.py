@@ -454,7 +454,8 @@ class SIGUAOptimizer(Optimizer):
         if self.nonfinite != "unchecked" and objective.requires_grad:
             valid = inputs.get("valid")
             flat = losses.detach().reshape(-1)
-            self._pending.append(_guard.Pending(detached, flat, None if valid is None else valid.reshape(-1)))
+            item = _guard.Pending(detached, flat, None if valid is None else valid.reshape(-1))
+            self._pending = _guard.add(self._pending, item)
 
     @staticmethod
     def _mean(losses: Tensor, inputs: dict[str, Any]) -> Tensor:

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sigua_optim import SIGUAOptimizer, optimizer
+from sigua_optim import SIGUAOptimizer, _guard, optimizer
 from sigua_optim.conditions import AllGood, BandSelected, NonNegativeCorrection, SmallLoss
 from sigua_optim.noise import symmetric
 
@@ -384,3 +384,16 @@ def test_no_warning_when_the_schedule_can_move(how: str, monkeypatch: pytest.Mon
         warnings.simplefilter("error")
         for _ in range(6):
             opt.step(losses_of(model, x, y))
+
+
+def test_many_objectives_without_a_step_are_merged_not_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_guard, "PENDING_LIMIT", 3)
+    model, opt, x, y = trained()
+    before = snapshot(model, opt)
+    opt.objective(poisoned(model, x, y))  # an early NaN objective, never back-propagated
+    for _ in range(5):
+        opt.objective(losses_of(model, x, y)).backward()
+    assert len(opt._pending) <= 3
+    with pytest.raises(ValueError, match="losses contain NaN or inf"):
+        opt.step()
+    assert_unchanged(model, opt, before)
