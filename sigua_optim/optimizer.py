@@ -139,28 +139,6 @@ def _schedule_moves(condition: Any) -> bool:
     return callable(getattr(condition, "set_epoch", None)) and getattr(condition, "warmup_epochs", 0) > 0
 
 
-def _graph_freed(losses: Tensor, limit: int = 32) -> bool:
-    """True when backward already ran through the graph of ``losses`` and freed it.
-
-    Walks from ``losses.grad_fn`` to the first node (of at most ``limit``) that saved a tensor:
-    reading a saved tensor that backward freed raises.
-    """
-    nodes = [losses.grad_fn]
-    for node in nodes[:limit]:
-        if node is None:
-            continue
-        saved = [name for name in dir(node) if name.startswith("_saved_")]
-        for name in saved:
-            try:
-                value = getattr(node, name)
-            except RuntimeError:
-                return True
-            if isinstance(value, Tensor):
-                return False
-        nodes.extend(child for child, _ in node.next_functions)
-    return False
-
-
 class SIGUAOptimizer(Optimizer):
     r"""SIGUA (Han et al., ICML 2020) around any optimizer: descend on good, ascend on bad data.
 
@@ -597,14 +575,28 @@ class SIGUAOptimizer(Optimizer):
             return self._plain_step(losses if closure is None else closure)
         if closure is not None:
             raise TypeError("pass either per-sample losses or a closure to step(), not both")
-        self._check_fresh(losses)
+        if isinstance(self.optimizer, torch.optim.LBFGS):
+            raise TypeError(
+                "step(losses) cannot drive LBFGS, which evaluates the loss several times per step: "
+                "pass a closure, opt.step(closure) with def closure(): opt.zero_grad(); "
+                "objective = opt.objective(per_sample_losses()); objective.backward(); return objective"
+            )
         objective, chosen = self._select_and_reduce(losses, condition, selection, num_items, inputs)
-        self._keep(objective, chosen, losses, inputs)
-        if scaler is None:
-            objective.backward()  # type: ignore[no-untyped-call]
-        else:
-            scaler.scale(objective).backward()  # type: ignore[no-untyped-call]
+        try:
+            (objective if scaler is None else scaler.scale(objective)).backward()  # type: ignore[no-untyped-call]
+        except RuntimeError as error:
+            # The first node of the caller's graph fails, before any parameter's gradient is
+            # written: every path to the parameters runs through it.
+            if "backward through the graph a second time" not in str(error):
+                raise
+            raise ValueError(
+                "losses was already back-propagated (its graph is freed): step(losses) runs the "
+                "backward itself, so call either loss.backward() and a plain opt.step(), or "
+                "opt.step(losses) alone, from a fresh forward pass"
+            ) from error
+        if scaler is not None:
             scaler.unscale_(self.optimizer)  # before clipping and the guard, as scaler.step would
+        self._keep(objective, chosen, losses, inputs)
         if not self._guarded(scaler is not None):
             if scaler is None:
                 self.optimizer.step()
@@ -613,21 +605,6 @@ class SIGUAOptimizer(Optimizer):
         self._advance()
         assert self.last_result is not None
         return self.last_result
-
-    def _check_fresh(self, losses: Tensor) -> None:
-        """Refuse, before anything changes, a step(losses) that backward would fail half-way."""
-        if isinstance(self.optimizer, torch.optim.LBFGS):
-            raise TypeError(
-                "step(losses) cannot drive LBFGS, which evaluates the loss several times per step: "
-                "pass a closure, opt.step(closure) with def closure(): opt.zero_grad(); "
-                "objective = opt.objective(per_sample_losses()); objective.backward(); return objective"
-            )
-        if losses.requires_grad and _graph_freed(losses):
-            raise ValueError(
-                "losses was already back-propagated (its graph is freed): step(losses) runs the "
-                "backward itself, so call either loss.backward() and a plain opt.step(), or "
-                "opt.step(losses) alone, from a fresh forward pass"
-            )
 
     def _plain_step(self, closure: Callable[[], Any] | None) -> Any:
         """The wrapped optimizer's step after the caller's backward, guarded and clipped.
