@@ -89,6 +89,25 @@ def _together(flags: Tensor, group: Any) -> Tensor:
     return flags.bool()
 
 
+def hot_flag(pending: list[Pending], grads_flag: Tensor | None) -> Tensor | None:
+    """The 0-d bool of the hot path: an objective or the gradients' norm is not finite."""
+    if not pending:
+        return grads_flag
+    objectives = [item.objective for item in pending]
+    total = objectives[0] if len(objectives) == 1 else torch.stack([o.float() for o in objectives]).sum()
+    flag = total.isfinite().logical_not()
+    return flag if grads_flag is None else flag | grads_flag.to(flag.device)
+
+
+def skip_on_device(optimizer: torch.optim.Optimizer, flag: Tensor, group: Any) -> Tensor:
+    """Hand ``flag`` (or-ed over the ranks) to a fused optimizer as GradScaler does, as its
+    ``found_inf``: its kernels then skip the update on the device, with no host read. Returns
+    the flag; the caller removes ``optimizer.found_inf`` after the step."""
+    flag = _together(flag, group)
+    optimizer.found_inf = flag.float()  # type: ignore[attr-defined]
+    return flag
+
+
 def refused(
     policy: str,
     pending: list[Pending],
@@ -103,16 +122,9 @@ def refused(
     checks them). A refused update leaves the parameters and the optimizer state as they were
     and sets the gradients to None (they hold the NaN/inf).
     """
-    if policy == "unchecked" or (not pending and grads_flag is None):
+    flag = hot_flag(pending, grads_flag)
+    if policy == "unchecked" or flag is None:
         return False
-    objectives = [item.objective for item in pending]
-    if objectives:
-        total = objectives[0] if len(objectives) == 1 else torch.stack([o.float() for o in objectives]).sum()
-        flag = total.isfinite().logical_not()
-        flag = flag if grads_flag is None else flag | grads_flag.to(flag.device)
-    else:
-        assert grads_flag is not None
-        flag = grads_flag
     if not bool(_together(flag, group)):  # the one host read of a step
         return False
     broken = [_broken(item) for item in pending]

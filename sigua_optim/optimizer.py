@@ -32,7 +32,9 @@ class StepResult(NamedTuple):
         good: bool mask of the samples descended on.
         bad: bool mask of the samples ascended on.
         skipped: True when ``nonfinite="skip"`` refused the update (a NaN/inf loss or
-            gradient): parameters and optimizer state unchanged, gradients set to None.
+            gradient): parameters and optimizer state unchanged, gradients set to None. With a
+            fused optimizer (``fused=True``) a 0-d bool tensor instead: the update was skipped
+            on the device, unread (the gradients are then left as they are).
         mean_loss: the detached plain mean of the (valid) losses, what a step without SIGUA
             would have back-propagated: log it beside ``objective``.
         grad_norm: with ``max_grad_norm``, the total 2-norm of the gradients before clipping
@@ -42,7 +44,7 @@ class StepResult(NamedTuple):
     objective: Tensor
     good: Tensor
     bad: Tensor
-    skipped: bool = False
+    skipped: bool | Tensor = False
     mean_loss: Tensor | None = None
     grad_norm: Tensor | None = None
 
@@ -134,6 +136,12 @@ def _check_max_grad_norm(max_grad_norm: float) -> float:
     return norm
 
 
+def _fused(optimizer: Optimizer) -> bool:
+    """Whether the optimizer's step takes ``found_inf`` (torch's fused Adam, AdamW, SGD), as
+    ``torch.amp.GradScaler`` tells: it then skips its update on the device."""
+    return bool(getattr(optimizer, "_step_supports_amp_scaling", False))
+
+
 def _schedule_moves(condition: Any) -> bool:
     """Whether the condition's selection follows the epoch (a set_epoch and a warm-up)."""
     return callable(getattr(condition, "set_epoch", None)) and getattr(condition, "warmup_epochs", 0) > 0
@@ -169,7 +177,8 @@ class SIGUAOptimizer(Optimizer):
             ``"skip"``: the update is refused (``last_result.skipped`` is True); either way the
             parameters and the optimizer state are unchanged and the gradients are set to None.
             Both read one flag back from the device per update, after backward (the objective
-            or a gradient is not finite; as ``GradScaler`` reads one). Under
+            or a gradient is not finite; as ``GradScaler`` reads one); ``"skip"`` with a fused
+            optimizer (``fused=True``) reads nothing: its kernels skip on the device. Under
             ``torch.distributed`` the ranks decide together, by an all-reduce of that flag.
             With ``scaler=`` only the losses are checked here: the GradScaler checks the
             gradients itself (and skips the step, as under AMP). ``"unchecked"``: no check and
@@ -597,12 +606,10 @@ class SIGUAOptimizer(Optimizer):
         if scaler is not None:
             scaler.unscale_(self.optimizer)  # before clipping and the guard, as scaler.step would
         self._keep(objective, chosen, losses, inputs)
-        if not self._guarded(scaler is not None):
-            if scaler is None:
-                self.optimizer.step()
-            else:
-                scaler.step(self.optimizer)
-        self._advance()
+        if scaler is None:
+            self._update(self.optimizer.step, False)
+        else:
+            self._update(lambda: scaler.step(self.optimizer), True)
         assert self.last_result is not None
         return self.last_result
 
@@ -614,9 +621,7 @@ class SIGUAOptimizer(Optimizer):
         changes anything.
         """
         if closure is None:
-            out = None if self._guarded(False) else self.optimizer.step()
-            self._advance()
-            return out
+            return self._update(self.optimizer.step, False)
         first = True
 
         def evaluate() -> Any:
@@ -624,7 +629,7 @@ class SIGUAOptimizer(Optimizer):
             loss = closure()
             if first:
                 first = False
-                if self._guarded(False):
+                if self._guarded(False) is True:
                     raise _Skipped
             return loss
 
@@ -632,16 +637,31 @@ class SIGUAOptimizer(Optimizer):
             out = self.optimizer.step(evaluate)
         except _Skipped:
             out = None
+        finally:
+            self.optimizer.__dict__.pop("found_inf", None)
         self._pending = []  # objectives of LBFGS's later evaluations
         self._advance()
         return out
 
-    def _guarded(self, scaled: bool) -> bool:
+    def _update(self, apply: Callable[[], Any], scaled: bool) -> Any:
+        """Clip, guard, then ``apply`` the wrapped optimizer's step unless refused; advance the epoch."""
+        out = None
+        if self._guarded(scaled) is not True:
+            try:
+                out = apply()
+            finally:
+                self.optimizer.__dict__.pop("found_inf", None)
+        self._advance()
+        return out
+
+    def _guarded(self, scaled: bool) -> bool | Tensor:
         """Clip, then apply the non-finite policy to the coming update: True to skip it.
 
         ``scaled``: a GradScaler unscaled the gradients and checks them itself; the guard then
-        judges the losses only. Records the outcome in :attr:`last_result` when an objective
-        was taken for this update.
+        judges the losses only. Under ``"skip"`` with a fused optimizer (``fused=True`` Adam,
+        AdamW, SGD) the flag goes to its kernels as ``found_inf`` and is returned, a device
+        tensor, unread. Records the outcome in :attr:`last_result` when an objective was taken
+        for this update.
         """
         grad_norm = grads_flag = None
         if self.max_grad_norm is not None:
@@ -652,9 +672,17 @@ class SIGUAOptimizer(Optimizer):
         elif not scaled and self.nonfinite != "unchecked":
             grads_flag = _guard.nonfinite_grads(_guard.grads_of(self.param_groups))
         pending, self._pending = self._pending, []
-        skipped = _guard.refused(
-            self.nonfinite, pending, None if scaled else grads_flag, self.process_group, self.param_groups
-        )
+        grads_flag = None if scaled else grads_flag
+        skipped: bool | Tensor
+        if self.nonfinite == "skip" and _fused(self.optimizer):
+            flag = _guard.hot_flag(pending, grads_flag)
+            skipped = (
+                False if flag is None else _guard.skip_on_device(self.optimizer, flag, self.process_group)
+            )
+        else:
+            skipped = _guard.refused(
+                self.nonfinite, pending, grads_flag, self.process_group, self.param_groups
+            )
         if pending and self.last_result is not None:
             self.last_result = self.last_result._replace(skipped=skipped, grad_norm=grad_norm)
         return skipped

@@ -397,3 +397,39 @@ def test_many_objectives_without_a_step_are_merged_not_forgotten(monkeypatch: py
     with pytest.raises(ValueError, match="losses contain NaN or inf"):
         opt.step()
     assert_unchanged(model, opt, before)
+
+
+# -- item 3: fused optimizers skip on the device -----------------------------------------------------
+@pytest.mark.parametrize("base", [torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD])
+def test_fused_optimizer_skips_on_the_device_without_a_host_read(
+    base: type, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    twin = copy.deepcopy(model)
+    opt = SIGUAOptimizer(
+        base(model.parameters(), lr=0.1, fused=True), BandSelected(0.4, 0.2, 0), 0.2, nonfinite="skip"
+    )
+    plain = SIGUAOptimizer(base(twin.parameters(), lr=0.1), BandSelected(0.4, 0.2, 0), 0.2)
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    before = copy.deepcopy(model.state_dict())
+
+    def no_read(self: torch.Tensor) -> bool:
+        raise AssertionError("a host read")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.Tensor, "__bool__", no_read)
+        patch.setattr(torch.Tensor, "item", no_read)
+        skipped = opt.step(poisoned(model, x, y)).skipped
+        opt.zero_grad()
+        opt.objective(nan_padding_losses(model, x, y)).backward()
+        opt.step()
+        skipped_plain = opt.last_result.skipped  # type: ignore[union-attr]
+        opt.zero_grad()
+        taken = opt.step(losses_of(model, x, y)).skipped
+    assert isinstance(skipped, torch.Tensor) and bool(skipped) and bool(skipped_plain) and not bool(taken)
+    assert not hasattr(opt.optimizer, "found_inf")
+    plain.step(losses_of(twin, x, y))  # the fused steps that were skipped moved nothing
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+    assert not all(torch.equal(before[k], v) for k, v in model.state_dict().items())
