@@ -221,6 +221,13 @@ class SIGUAOptimizer(Optimizer):
     last_result: StepResult | None = None
     """The :class:`StepResult` of the last :meth:`objective` or :meth:`step` with losses; a plain
     step after :meth:`objective` sets its ``skipped`` and ``grad_norm`` (not pickled)."""
+    # Defaults for an optimizer unpickled without them; each is replaced, never mutated in place.
+    steps_per_epoch: int | None = None
+    max_grad_norm: float | None = None
+    _epoch_set = 0.0
+    _steps_in_epoch = 0
+    _epoch_moved = False
+    _pending: list[_guard.Pending] = []  # noqa: RUF012
 
     def __init__(
         self,
@@ -270,7 +277,7 @@ class SIGUAOptimizer(Optimizer):
         self._epoch_set = 0.0  # the epoch of the last set_epoch ...
         self._steps_in_epoch = 0  # ... and the updates since: epoch = _epoch_set + steps / steps_per_epoch
         self._epoch_moved = False
-        self._pending: list[_guard.Pending] = []
+        self._pending = []
         self.last_result = None
         # The hook tables torch.optim.Optimizer.__init__ would make; param_groups, state and
         # defaults are not copied but delegated to the wrapped optimizer (properties below).

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
+import pickle
 import warnings
 from typing import Any
 
@@ -433,3 +434,11 @@ def test_fused_optimizer_skips_on_the_device_without_a_host_read(
     for p, q in zip(model.parameters(), twin.parameters(), strict=True):
         torch.testing.assert_close(p, q)
     assert not all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_an_unpickled_optimizer_steps_with_the_guard() -> None:
+    model, opt, x, y = trained(nonfinite="skip")
+    clone = pickle.loads(pickle.dumps(opt))
+    assert clone.step(poisoned(model, x, y)).skipped
+    clone.objective(losses_of(model, x, y)).backward()
+    clone.step()
