@@ -681,7 +681,7 @@ class SIGUAOptimizer(Optimizer):
         pending, self._pending = self._pending, []
         grads_flag = None if scaled else grads_flag
         skipped: bool | Tensor
-        if self.nonfinite == "skip" and _fused(self.optimizer):
+        if self.nonfinite == "skip" and not scaled and _fused(self.optimizer):  # a scaler sets its own
             flag = _guard.hot_flag(pending, grads_flag)
             skipped = (
                 False if flag is None else _guard.skip_on_device(self.optimizer, flag, self.process_group)

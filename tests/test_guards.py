@@ -442,3 +442,20 @@ def test_an_unpickled_optimizer_steps_with_the_guard() -> None:
     assert clone.step(poisoned(model, x, y)).skipped
     clone.objective(losses_of(model, x, y)).backward()
     clone.step()
+
+
+def test_fused_optimizer_with_a_scaler_still_refuses_an_ignored_nan_loss() -> None:
+    """The scaler hands a fused optimizer its own found_inf (the gradients'): the losses' verdict
+    is then taken on the host, not overwritten."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    opt = SIGUAOptimizer(
+        torch.optim.Adam(model.parameters(), lr=0.1, fused=True), AllGood(), nonfinite="skip"
+    )
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    before = copy.deepcopy(model.state_dict())
+    losses = losses_of(model, x, y)
+    ignored = torch.cat([losses[:-1], losses[-1:].detach() * NAN])  # finite gradients, NaN objective
+    scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+    assert opt.step(ignored, scaler=scaler).skipped is True
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
