@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.models import cnn9, deep_mlp
-from sigua_optim import SIGUAOptimizer, functional
+from sigua_optim import SIGUAOptimizer, _guard, functional
 from sigua_optim.conditions import BandSelected, NonNegativeCorrection, SmallLoss
 from sigua_optim.losses import BackwardCorrection
 from sigua_optim.noise import symmetric
@@ -225,6 +225,17 @@ def _sigua_steps(
         opt.step(F.cross_entropy(model(x), y, reduction="none"))
 
 
+def _without_grad_check(steps: Callable[[], Any]) -> None:
+    """``steps`` with the guard's gradient check switched off: the guard judges the losses only
+    (it still reads its one flag back), to isolate what checking the gradients costs."""
+    check = _guard.nonfinite_grads
+    _guard.nonfinite_grads = lambda grads: None
+    try:
+        steps()
+    finally:
+        _guard.nonfinite_grads = check
+
+
 def _mean_loss(logits: torch.Tensor, y: torch.Tensor) -> None:
     F.cross_entropy(logits, y).backward()
 
@@ -257,9 +268,11 @@ def step_overhead(repeats: dict[str, int], device: str) -> list[dict[str, Any]]:
     and, to isolate what SIGUA adds, the loss alone (forward and backward from fixed logits).
 
     On CUDA each timing covers a block of 20 steps (the device synchronised around the block
-    only, as in a training loop). SIGUA runs with the default non-finite check (one host read
-    per step) and with ``nonfinite="unchecked"`` (none); and both steps run again captured in
-    CUDA graphs (each on its own copy of the model), where no host work is left to measure.
+    only, as in a training loop). SIGUA runs with the default non-finite guard (one host read
+    per step, losses and gradients), with the guard judging the losses only (its gradient check
+    switched off), and with ``nonfinite="unchecked"`` (no guard, no read); on CUDA both steps run
+    again captured in CUDA graphs (each on its own copy of the model), where no host work is
+    left to measure.
     """
     rows = []
     count = 20 if device == "cuda" else 1
@@ -282,10 +295,16 @@ def step_overhead(repeats: dict[str, int], device: str) -> list[dict[str, Any]]:
             "plain": partial(_plain_steps, model, plain, x, y, count),
             "SIGUA": partial(_sigua_steps, model, sigua, x, y, count),
         }
-        versus = {"SIGUA": "plain"}
+        unchecked = make(model, "unchecked")[1]
+        steps["SIGUA unchecked"] = partial(_sigua_steps, model, unchecked, x, y, count)
+        steps["SIGUA losses-only guard"] = partial(_without_grad_check, steps["SIGUA"])
+        versus = {
+            "SIGUA": "plain",
+            "SIGUA unchecked": "plain",
+            "SIGUA losses-only guard": "plain",
+        }
+
         if device == "cuda":
-            unchecked = make(model, "unchecked")[1]
-            steps["SIGUA unchecked"] = partial(_sigua_steps, model, unchecked, x, y, count)
             copies = [copy.deepcopy(model) for _ in range(2)]
             plain_graph = make(copies[0])[0]
             sigua_graph = make(copies[1], "unchecked")[1]
@@ -298,6 +317,10 @@ def step_overhead(repeats: dict[str, int], device: str) -> list[dict[str, Any]]:
             versus |= {"SIGUA unchecked": "plain", "SIGUA graph": "plain graph"}
         times = samples(steps, repeats[name], warmup=max(3, repeats[name] // 100))
         ratios = {k: paired_ratio(times[k], times[base]) for k, base in versus.items()}
+        guard_ratios = {
+            "SIGUA / SIGUA unchecked": paired_ratio(times["SIGUA"], times["SIGUA unchecked"]),
+            "SIGUA / SIGUA losses-only guard": paired_ratio(times["SIGUA"], times["SIGUA losses-only guard"]),
+        }
         ms = {k: statistics.median(v) * 1e3 / count for k, v in times.items()}
         logits = torch.randn(128, 10, device=device, requires_grad=True)
         losses = {"mean": partial(_mean_loss, logits, y), "SIGUA": partial(_sigua_loss, sigua, logits, y)}
@@ -311,7 +334,8 @@ def step_overhead(repeats: dict[str, int], device: str) -> list[dict[str, Any]]:
             "ms": ms,
             "ratio": ratio,
             "ratio_ci90": [low, high],
-            "ratios": {f"{k} / {base}": list(ratios[k]) for k, base in versus.items()},
+            "ratios": {f"{k} / {base}": list(ratios[k]) for k, base in versus.items()}
+            | {k: list(v) for k, v in guard_ratios.items()},
             "extra_ms_in_step": ms["SIGUA"] - ms["plain"],
             "loss_us": {k: v * 1e6 for k, v in loss_times.items()},
         }
@@ -319,7 +343,7 @@ def step_overhead(repeats: dict[str, int], device: str) -> list[dict[str, Any]]:
             f"; {k} {ms[k]:.3f} / {base} {ms[base]:.3f} ms = {ratios[k][0]:.4f}"
             for k, base in versus.items()
             if k != "SIGUA"
-        )
+        ) + "".join(f"; {k} = {v[0]:.4f} (90% CI {v[1]:.4f}-{v[2]:.4f})" for k, v in guard_ratios.items())
         print(
             f"{name:>18} ({device}): plain {ms['plain']:.3f} ms, SIGUA {ms['SIGUA']:.3f} ms, "
             f"ratio {ratio:.4f} (90% CI {low:.4f}-{high:.4f}, {repeats[name]} pairs){others}; the loss "

@@ -8,14 +8,13 @@ import numbers
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, NamedTuple, get_args
+from typing import Any, Literal, NamedTuple, get_args, overload
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import functional
+from . import _distributed, _guard, functional
 from ._validation import (
     check_choice,
     check_condition,
@@ -32,7 +31,6 @@ from .functional import Reduction
 
 NonFinite = Literal["raise", "skip", "unchecked"]
 Scope = Literal["global", "local"]
-_DISTRIBUTED = dist.is_available()  # a property of the torch build
 
 __all__ = ["SIGUAOptimizer", "StepResult"]
 
@@ -45,16 +43,31 @@ class StepResult(NamedTuple):
         objective: the detached scalar of Eq. 3 (the value back-propagated).
         good: bool mask of the samples descended on.
         bad: bool mask of the samples ascended on.
-        skipped: True when ``nonfinite="skip"`` found a NaN/inf loss and nothing was changed.
+        skipped: True when ``nonfinite="skip"`` refused the update (a NaN/inf loss or
+            gradient): parameters and optimizer state unchanged, gradients set to None. With a
+            fused optimizer (``fused=True``) a 0-d bool tensor instead: the update was skipped
+            on the device, unread (the gradients are then left as they are).
         mean_loss: the detached plain mean of the (valid) losses, what a step without SIGUA
             would have back-propagated: log it beside ``objective``.
+        grad_norm: with ``max_grad_norm``, the total 2-norm of the gradients before clipping
+            (what ``torch.nn.utils.clip_grad_norm_`` returns); None otherwise.
     """
 
     objective: Tensor
     good: Tensor
     bad: Tensor
-    skipped: bool = False
+    skipped: bool | Tensor = False
     mean_loss: Tensor | None = None
+    grad_norm: Tensor | None = None
+
+
+class _Skipped(Exception):
+    """Raised inside a closure to leave the wrapped optimizer's step before it updates."""
+
+
+EPOCH_WARNING_STEPS = 200
+"""Updates at epoch 0, without ``set_epoch`` ever called nor ``steps_per_epoch``, after which a
+condition whose schedule moves with the epoch warns once that it is not moving."""
 
 
 def _check_gamma(gamma: Any) -> float:
@@ -108,7 +121,10 @@ def _check_num_items(num_items: int | Tensor | None, reduction: str, read: bool 
     if num_items is None:
         return
     if reduction != "paper":
-        raise ValueError("num_items= needs reduction='paper': the official reduction averages per group")
+        raise ValueError(
+            "num_items= needs reduction='paper': the official reduction averages each group over "
+            "its own count, which one micro-batch cannot know; pass reduction='paper'"
+        )
     what = "the positive number of samples in the whole batch"
     if isinstance(num_items, Tensor):
         if num_items.ndim != 0 or num_items.dtype == torch.bool or num_items.is_complex():
@@ -139,6 +155,24 @@ def _check_selection(selection: Any, losses: Tensor, source: str) -> None:
         )
 
 
+def _check_max_grad_norm(max_grad_norm: float) -> float:
+    norm = check_real(max_grad_norm, "max_grad_norm", hint=" (the total gradient norm to clip to, e.g. 1.0)")
+    if norm <= 0:
+        raise ValueError(f"max_grad_norm must be > 0 (e.g. 1.0), or None not to clip; got {max_grad_norm!r}")
+    return norm
+
+
+def _fused(optimizer: Optimizer) -> bool:
+    """Whether the optimizer's step takes ``found_inf`` (torch's fused Adam, AdamW, SGD), as
+    ``torch.amp.GradScaler`` tells: it then skips its update on the device."""
+    return bool(getattr(optimizer, "_step_supports_amp_scaling", False))
+
+
+def _schedule_moves(condition: Any) -> bool:
+    """Whether the condition's selection follows the epoch (a set_epoch and a warm-up)."""
+    return callable(getattr(condition, "set_epoch", None)) and getattr(condition, "warmup_epochs", 0) > 0
+
+
 class SIGUAOptimizer(Optimizer):
     r"""SIGUA (Han et al., ICML 2020) around any optimizer: descend on good, ascend on bad data.
 
@@ -164,20 +198,37 @@ class SIGUAOptimizer(Optimizer):
             :meth:`load_state_dict` restores the saved value.
         reduction: ``"paper"`` (default, Eq. 3) or ``"official"``: the authors' code,
             :math:`\mathrm{mean}_{good}(\ell) - \gamma\,\mathrm{mean}_{bad}(\ell)`.
-        nonfinite: what a NaN or infinite loss does. ``"raise"`` (default): a ValueError before
-            anything changes. ``"skip"``: no backward, no step, ``result.skipped`` is True.
-            Both read one number back from the device each step, the objective, which a NaN
-            or inf loss makes NaN or inf (as ``GradScaler`` reads one). Under
-            ``torch.distributed`` the ranks decide together, by one all-reduce of one number.
-            ``"unchecked"``: no check and no host synchronisation; a NaN reaches the parameters,
-            as in a plain PyTorch step.
+        nonfinite: what a NaN or inf loss or gradient does to an update, on every path:
+            ``step(losses)``, and the plain ``step()`` / ``step(closure)`` after
+            :meth:`objective` and your own backward. ``"raise"`` (default): a ValueError and
+            ``"skip"``: the update is refused (``last_result.skipped`` is True); either way the
+            parameters and the optimizer state are unchanged and the gradients are set to None.
+            Both read one flag back from the device per update, after backward (the objective
+            or a gradient is not finite; as ``GradScaler`` reads one); ``"skip"`` with a fused
+            optimizer (``fused=True``) reads nothing: its kernels skip on the device. Under
+            ``torch.distributed`` the ranks decide together, by an all-reduce of that flag.
+            With ``scaler=`` only the losses are checked here: the GradScaler checks the
+            gradients itself (and skips the step, as under AMP). ``"unchecked"``: no check and
+            no host synchronisation; a NaN reaches the parameters, as in a plain PyTorch step.
         selection_scope: under an initialised ``torch.distributed`` process group (DDP, FSDP),
             ``"global"`` (default) selects over the batches of all ranks, as one process would
-            over their concatenation (the losses are all-gathered; n_b is the global count);
-            ``"local"`` selects within each rank's batch.
+            over their concatenation (the losses are all-gathered; n_b, and the official
+            reduction's group counts, are the global ones); ``"local"`` selects within each
+            rank's batch.
         distributed: deprecated alias of ``selection_scope`` (a DeprecationWarning); it takes
             the same strings, not a bool.
         process_group: the group to select over (default: the world).
+        steps_per_epoch: when given, every update (a ``step(losses)``, or a plain ``step()``;
+            not each :meth:`objective` of an accumulated batch) advances the epoch by
+            ``1 / steps_per_epoch``, so :math:`\rho(t)` moves without :meth:`set_epoch`; a
+            :meth:`set_epoch` call still sets the epoch, and the count restarts from it. Default
+            None: the epoch moves only by :meth:`set_epoch` (trainers' callbacks call it, and
+            only the loop knows its length), and a condition whose schedule needs it warns once
+            after ``EPOCH_WARNING_STEPS`` updates without it.
+        max_grad_norm: when given, the gradients are clipped to this total 2-norm
+            (``torch.nn.utils.clip_grad_norm_``) between backward and every update, after
+            ``scaler.unscale_`` with ``scaler=``; the norm before clipping is
+            ``last_result.grad_norm``. Default None: no clipping.
 
     Example:
         >>> import torch
@@ -197,7 +248,15 @@ class SIGUAOptimizer(Optimizer):
 
     process_group: Any = None  # not pickled: a group belongs to one process
     last_result: StepResult | None = None
-    """The :class:`StepResult` of the last :meth:`objective` or :meth:`step` with losses (not pickled)."""
+    """The :class:`StepResult` of the last :meth:`objective` or :meth:`step` with losses; a plain
+    step after :meth:`objective` sets its ``skipped`` and ``grad_norm`` (not pickled)."""
+    # Defaults for an optimizer unpickled without them; each is replaced, never mutated in place.
+    steps_per_epoch: int | None = None
+    max_grad_norm: float | None = None
+    _epoch_set = 0.0
+    _steps_in_epoch = 0
+    _epoch_moved = False
+    _pending: list[_guard.Pending] = []  # noqa: RUF012
 
     def __init__(
         self,
@@ -210,6 +269,8 @@ class SIGUAOptimizer(Optimizer):
         selection_scope: Scope = "global",
         distributed: Scope | None = None,
         process_group: Any = None,
+        steps_per_epoch: int | None = None,
+        max_grad_norm: float | None = None,
     ) -> None:
         if isinstance(optimizer, SIGUAOptimizer):
             raise TypeError("optimizer is already a SIGUAOptimizer: wrap the base optimizer once")
@@ -234,7 +295,20 @@ class SIGUAOptimizer(Optimizer):
         self.nonfinite = nonfinite
         self.selection_scope = selection_scope
         self.process_group = process_group
+        if steps_per_epoch is not None and (
+            isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch < 1
+        ):
+            raise ValueError(
+                "steps_per_epoch must be a positive int, the optimizer steps of one epoch "
+                f"(len(loader) // accumulation steps), or None; got {steps_per_epoch!r:.100}"
+            )
+        self.steps_per_epoch = steps_per_epoch
+        self.max_grad_norm = None if max_grad_norm is None else _check_max_grad_norm(max_grad_norm)
         self.epoch = 0.0
+        self._epoch_set = 0.0  # the epoch of the last set_epoch ...
+        self._steps_in_epoch = 0  # ... and the updates since: epoch = _epoch_set + steps / steps_per_epoch
+        self._epoch_moved = False
+        self._pending = []
         self.last_result = None
         # The hook tables torch.optim.Optimizer.__init__ would make; param_groups, state and
         # defaults are not copied but delegated to the wrapped optimizer (properties below).
@@ -277,18 +351,21 @@ class SIGUAOptimizer(Optimizer):
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Forward to the wrapped optimizer's ``zero_grad``."""
         self.optimizer.zero_grad(set_to_none=set_to_none)
+        self._pending = []  # the objectives of those gradients are gone with them
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Forward to the wrapped optimizer's ``add_param_group``."""
         self.optimizer.add_param_group(param_group)
 
     def __getstate__(self) -> dict[str, Any]:
-        """Everything but the process group (it belongs to one process) and the hooks (not
-        pickled by ``torch.optim.Optimizer`` either)."""
+        """Everything but the process group (it belongs to one process), the objectives pending
+        for the next update's guard, and the hooks (not pickled by ``torch.optim.Optimizer``
+        either)."""
         return {
             name: value
             for name, value in self.__dict__.items()
-            if name != "process_group" and not (name.startswith("_optimizer_") and name.endswith("_hooks"))
+            if name not in ("process_group", "_pending")
+            and not (name.startswith("_optimizer_") and name.endswith("_hooks"))
         }
 
     def __repr__(self) -> str:
@@ -349,10 +426,33 @@ class SIGUAOptimizer(Optimizer):
     def set_epoch(self, epoch: float) -> None:
         r"""Set the epoch t (from 0; a float for step-level schedules) that drives :math:`\rho(t)`.
 
-        Forwarded to the default condition, and to a per-call condition before it runs.
+        Forwarded to the default condition, and to a per-call condition before it runs. With
+        ``steps_per_epoch``, the updates that follow advance it from here.
         """
-        self.epoch = check_epoch(epoch)
+        self.epoch = self._epoch_set = check_epoch(epoch)
+        self._steps_in_epoch = 0
+        self._epoch_moved = True
         self._follow_epoch(self.condition)
+
+    def _advance(self) -> None:
+        """An update was taken (or skipped): move the epoch by ``1 / steps_per_epoch``."""
+        self._steps_in_epoch += 1
+        if self.steps_per_epoch is not None:
+            self.epoch = self._epoch_set + self._steps_in_epoch / self.steps_per_epoch
+            self._follow_epoch(self.condition)
+        elif (
+            not self._epoch_moved
+            and self._steps_in_epoch == EPOCH_WARNING_STEPS
+            and _schedule_moves(self.condition)
+        ):
+            warnings.warn(
+                f"{EPOCH_WARNING_STEPS} optimizer steps at epoch 0: the schedule of "
+                f"{self.condition!r} follows the epoch, which has not moved, so it still keeps "
+                "every sample as good (plain training). Call opt.set_epoch(epoch) at the start of "
+                "each epoch, or pass SIGUAOptimizer(..., steps_per_epoch=len(loader))",
+                UserWarning,
+                stacklevel=4,
+            )
 
     def _follow_epoch(self, condition: Any) -> None:
         set_epoch = getattr(condition, "set_epoch", None)
@@ -448,10 +548,18 @@ class SIGUAOptimizer(Optimizer):
         """
         self._check_call("objective()", losses, condition, selection, num_items, None, inputs)
         objective, chosen = self._select_and_reduce(losses, condition, selection, num_items, inputs)
-        self.last_result = StepResult(
-            objective.detach(), chosen.good, chosen.bad, mean_loss=self._mean(losses, inputs)
-        )
+        self._keep(objective, chosen, losses, inputs)
         return objective
+
+    def _keep(self, objective: Tensor, chosen: Selection, losses: Tensor, inputs: dict[str, Any]) -> None:
+        """Record the objective: in :attr:`last_result`, and for the guard of the next update."""
+        detached = objective.detach()
+        self.last_result = StepResult(detached, chosen.good, chosen.bad, mean_loss=self._mean(losses, inputs))
+        if self.nonfinite != "unchecked" and objective.requires_grad:
+            valid = inputs.get("valid")
+            flat = losses.detach().reshape(-1)
+            item = _guard.Pending(detached, flat, None if valid is None else valid.reshape(-1))
+            self._pending = _guard.add(self._pending, item)
 
     @staticmethod
     def _mean(losses: Tensor, inputs: dict[str, Any]) -> Tensor:
@@ -478,8 +586,16 @@ class SIGUAOptimizer(Optimizer):
                 "losses does not require grad: compute it from the model's output with autograd "
                 "on (not under torch.no_grad() or after .detach()), or the step cannot learn"
             )
+        divisors = None
         if selection is None and num_items is None and self._world_size() > 1:
-            selection, num_items = self._select_globally(losses, valid, condition, inputs)
+            selection, divisors = _distributed.select_globally(
+                lambda whole, mask, shared: self._select(whole, mask, condition, shared),
+                losses,
+                valid,
+                inputs,
+                self.process_group,
+            )
+            num_items = divisors.total
         elif selection is None:
             selection = self._select(losses, valid, condition, inputs)
         elif condition is not None:
@@ -488,113 +604,46 @@ class SIGUAOptimizer(Optimizer):
             _check_selection(selection, losses.reshape(shape), "selection=")
             selection = Selection(selection.good.reshape(-1), selection.bad.reshape(-1))
         if valid is not None:
-            losses = torch.where(valid, losses, 0.0)  # padding, whatever it holds, weighs 0 (not NaN)
+            # Padding losses weigh 0 and never make Eq. 3 NaN (no 0 * NaN); a NaN the model
+            # computed there still reaches the gradients (backward: 0 * NaN), for the guard.
+            losses = torch.where(valid, losses, 0.0)
             if num_items is None:
                 num_items = valid.sum().clamp_min(1)  # n_b of Eq. 3 counts the real tokens
-        objective = functional.sigua_objective(
-            losses, selection.good, selection.bad, self.gamma, self.reduction, num_items
-        )
+        if divisors is not None and self.reduction == "official":
+            objective = _distributed.official_objective(
+                losses, selection.good, selection.bad, self.gamma, divisors
+            )
+        else:
+            objective = functional.sigua_objective(
+                losses, selection.good, selection.bad, self.gamma, self.reduction, num_items
+            )
         if len(shape) > 1:
             selection = Selection(selection.good.reshape(shape), selection.bad.reshape(shape))
         return objective, selection
 
-    def _ranks(self) -> int:
-        """Ranks of ``process_group`` under an initialised torch.distributed; 1 without one."""
-        if not _DISTRIBUTED or not dist.is_initialized():
-            return 1
-        return int(dist.get_world_size(self.process_group))
-
     def _world_size(self) -> int:
         """Ranks sharing the selection: > 1 under an initialised process group, scope "global"."""
-        return 1 if self.distributed == "local" else self._ranks()
+        return 1 if self.selection_scope == "local" else _distributed.ranks(self.process_group)
 
-    def _select_globally(
-        self, losses: Tensor, valid: Tensor | None, condition: Any, inputs: dict[str, Any]
-    ) -> tuple[Selection, Tensor]:
-        """Select over the batches of all ranks, as one process would over their concatenation.
+    @overload  # type: ignore[override]
+    def step(
+        self,
+        losses: Tensor,
+        closure: None = None,
+        *,
+        condition: Condition | Callable[..., Selection] | None = None,
+        selection: Selection | None = None,
+        num_items: int | Tensor | None = None,
+        scaler: torch.amp.GradScaler | None = None,
+        **inputs: Any,
+    ) -> StepResult: ...
 
-        The losses (and every per-sample input) are all-gathered, padded to the largest local
-        batch; the condition runs on the whole; each rank keeps its slice. The divisor of Eq. 3
-        is the global count over the world size, since DDP and FSDP average the gradients of
-        the ranks. Costs two all-gathers and one host read of the local sizes per step.
-        """
-        world, rank = self._world_size(), dist.get_rank(self.process_group)
-        n = losses.shape[0]
-        sizes = [torch.zeros(1, dtype=torch.long, device=losses.device) for _ in range(world)]
-        dist.all_gather(sizes, torch.tensor([n], device=losses.device), group=self.process_group)
-        counts = [int(size) for size in sizes]  # host read: the gathered shapes depend on it
-        width = max(counts)
-        mine = torch.ones(n, dtype=torch.bool, device=losses.device) if valid is None else valid
+    @overload
+    def step(
+        self, losses: Callable[[], Any] | None = None, closure: Callable[[], Any] | None = None
+    ) -> Any: ...
 
-        def gather(value: Tensor) -> Tensor:
-            padded = value.new_zeros((width, *value.shape[1:]))
-            padded[:n] = value
-            parts = [torch.empty_like(padded) for _ in range(world)]
-            dist.all_gather(parts, padded.contiguous(), group=self.process_group)
-            return torch.cat(parts)
-
-        everyone = gather(mine)
-        shared = {
-            name: gather(value) if isinstance(value, Tensor) and value.shape[:1] == (n,) else value
-            for name, value in inputs.items()
-            if name != "valid"
-        }
-        padded = valid is not None or len(set(counts)) > 1
-        if padded:
-            shared["valid"] = everyone
-        whole = self._select(gather(losses.detach()), everyone if padded else None, condition, shared)
-        start = rank * width
-        local = Selection(whole.good[start : start + n], whole.bad[start : start + n])
-        return local, everyone.sum().double().clamp_min(1) / world
-
-    def _nonfinite(
-        self, objective: Tensor, losses: Tensor, valid: Tensor | None, scaler: torch.amp.GradScaler | None
-    ) -> bool:
-        """True when a (valid) loss is NaN/inf and nonfinite="skip"; raises under "raise".
-
-        Every loss but padding enters the objective's dot product, an ignored one with weight
-        0, and 0 * inf is NaN: a NaN or inf loss makes the objective NaN or inf. One host read of
-        that scalar therefore clears a step. Only when it is not finite are the losses looked at
-        one by one (finite losses can still overflow the objective; the step then goes on, as
-        a plain step would). Under torch.distributed, with either scope, the ranks decide
-        together (one all-reduce of one number): a rank that skipped or raised while the
-        others went on to backward would leave DDP's all-reduce waiting for it. (Reading it
-        after the backward, as GradScaler reads its flag, measured slower on a GPU: the host
-        then queues the optimizer step and the next forward onto an idle device.)
-
-        With a GradScaler, a refused step still runs its (scaled) backward and ``unscale_``,
-        which records the non-finite gradients, so that the ``scaler.update()`` that follows
-        works, and backs off, as after any step the scaler skips; the gradients are then
-        cleared.
-        """
-        if self.nonfinite == "unchecked":
-            return False
-        shared = self._ranks() > 1
-        if not shared and math.isfinite(float(objective.detach())):
-            return False
-        broken = ~torch.isfinite(losses.detach())
-        if valid is not None:
-            broken &= valid
-        anywhere = broken.any().int()
-        if shared:
-            dist.all_reduce(anywhere, op=dist.ReduceOp.MAX, group=self.process_group)
-        if not bool(anywhere):
-            return False
-        if scaler is not None:
-            scaler.scale(objective).backward()  # type: ignore[no-untyped-call]
-            scaler.unscale_(self.optimizer)
-            self.optimizer.zero_grad(set_to_none=True)
-        if self.nonfinite == "skip":
-            return True
-        where = broken.nonzero()[:8]
-        bad = (where.flatten() if broken.ndim == 1 else where).tolist()
-        here = f"at indices {bad}..." if bad else "on another rank; none here"
-        raise ValueError(
-            f"losses contain NaN or inf ({here}): nothing was changed. Lower the learning rate, "
-            "check the inputs, or pass nonfinite='skip' to skip such steps"
-        )
-
-    def step(  # type: ignore[override]
+    def step(
         self,
         losses: Tensor | Callable[[], Any] | None = None,
         closure: Callable[[], Any] | None = None,
@@ -605,25 +654,33 @@ class SIGUAOptimizer(Optimizer):
         scaler: torch.amp.GradScaler | None = None,
         **inputs: Any,
     ) -> Any:
-        """One SIGUA step: select, reduce (Eq. 3), back-propagate, step the wrapped optimizer.
+        """One SIGUA step: select, reduce (Eq. 3), back-propagate, then update: clip (with
+        ``max_grad_norm``), guard (``nonfinite``), step the wrapped optimizer.
 
         Args:
-            losses: per-sample losses ``[n]`` that require grad (``reduction='none'``). Without
-                them (or with a callable, taken as a closure) this is a plain step of the wrapped
-                optimizer, for callers that ran backward themselves (GradScaler, trainers).
-            closure: passed to the wrapped optimizer's step (plain step only).
+            losses: per-sample losses ``[n]`` that require grad (``reduction='none'``), from a
+                forward pass not yet back-propagated. Without them (or with a callable, taken as
+                a closure) this is a plain step of the wrapped optimizer, for callers that ran
+                backward themselves (GradScaler, trainers), with the same clipping and guard.
+            closure: passed to the wrapped optimizer's step (plain step only); the clipping and
+                the guard run after its first evaluation, before any update. LBFGS needs one:
+                ``def closure(): opt.zero_grad(); o = opt.objective(losses_fn()); o.backward();
+                return o``, then ``opt.step(closure)``.
             condition: this call's condition instead of the default one.
             selection: a Selection made already (see :meth:`objective`).
             num_items: the divisor of Eq. 3 instead of ``len(losses)`` (see :meth:`objective`).
             scaler: a ``torch.amp.GradScaler``: the objective is scaled before backward and the
                 wrapped optimizer steps through ``scaler.step``, which skips the step when the
-                gradients are not finite. Call ``scaler.update()`` afterwards, as usual (also
-                after a step refused for a NaN/inf loss: the scaler then backs off).
+                gradients are not finite; the gradients are unscaled before clipping. Call
+                ``scaler.update()`` afterwards, as usual (also after a step refused for a NaN/inf
+                loss: its gradients were unscaled, so the scaler records them).
             **inputs: named inputs for the condition (``clean=``, ``logits=``, ``targets=``, ...).
 
         Returns:
-            A :class:`StepResult` of tensors (no host synchronisation), or, for a plain step,
-            whatever the wrapped optimizer's step returns.
+            A :class:`StepResult` of tensors (no host synchronisation), also kept in
+            :attr:`last_result`; or, for a plain step, whatever the wrapped optimizer's step
+            returns (None when ``nonfinite="skip"`` refused it), :attr:`last_result` then being
+            the last :meth:`objective`'s, with ``skipped`` and ``grad_norm`` of this update.
         """
         if losses is None or callable(losses):
             given = [
@@ -640,29 +697,119 @@ class SIGUAOptimizer(Optimizer):
                 raise TypeError(
                     f"{', '.join(given + list(inputs))}= need per-sample losses: call step(losses, ...)"
                 )
-            return self.optimizer.step(losses if closure is None else closure)
+            return self._plain_step(losses if closure is None else closure)
         if closure is not None:
             raise TypeError("pass either per-sample losses or a closure to step(), not both")
         self._check_call("step()", losses, condition, selection, num_items, scaler, inputs)
+        if isinstance(self.optimizer, torch.optim.LBFGS):
+            raise TypeError(
+                "step(losses) cannot drive LBFGS, which evaluates the loss several times per step: "
+                "pass a closure, opt.step(closure) with def closure(): opt.zero_grad(); "
+                "objective = opt.objective(per_sample_losses()); objective.backward(); return objective"
+            )
         objective, chosen = self._select_and_reduce(losses, condition, selection, num_items, inputs)
-        result = StepResult(objective.detach(), chosen.good, chosen.bad, mean_loss=self._mean(losses, inputs))
-        if self._nonfinite(objective, losses, inputs.get("valid"), scaler):
-            self.last_result = result._replace(skipped=True)
-            return self.last_result
+        try:
+            (objective if scaler is None else scaler.scale(objective)).backward()  # type: ignore[no-untyped-call]
+        except RuntimeError as error:
+            # The first node of the caller's graph fails, before any parameter's gradient is
+            # written: every path to the parameters runs through it.
+            if "backward through the graph a second time" not in str(error):
+                raise
+            raise ValueError(
+                "losses was already back-propagated (its graph is freed): step(losses) runs the "
+                "backward itself, so call either loss.backward() and a plain opt.step(), or "
+                "opt.step(losses) alone, from a fresh forward pass"
+            ) from error
+        if scaler is not None:
+            scaler.unscale_(self.optimizer)  # before clipping and the guard, as scaler.step would
+        self._keep(objective, chosen, losses, inputs)
         if scaler is None:
-            objective.backward()  # type: ignore[no-untyped-call]
-            self.optimizer.step()
+            self._update(self.optimizer.step, False)
         else:
-            scaler.scale(objective).backward()  # type: ignore[no-untyped-call]
-            scaler.step(self.optimizer)
-        self.last_result = result
-        return result
+            self._update(lambda: scaler.step(self.optimizer), True)
+        assert self.last_result is not None
+        return self.last_result
+
+    def _plain_step(self, closure: Callable[[], Any] | None) -> Any:
+        """The wrapped optimizer's step after the caller's backward, guarded and clipped.
+
+        With a closure (Lightning's automatic optimization, LBFGS) the guard and the clipping
+        run after its first evaluation, inside the wrapped optimizer's step but before it
+        changes anything.
+        """
+        if closure is None:
+            return self._update(self.optimizer.step, False)
+        first = True
+
+        def evaluate() -> Any:
+            nonlocal first
+            loss = closure()
+            if first:
+                first = False
+                if self._guarded(False) is True:
+                    raise _Skipped
+            return loss
+
+        try:
+            out = self.optimizer.step(evaluate)
+        except _Skipped:
+            out = None
+        finally:
+            self.optimizer.__dict__.pop("found_inf", None)
+        self._pending = []  # objectives of LBFGS's later evaluations
+        self._advance()
+        return out
+
+    def _update(self, apply: Callable[[], Any], scaled: bool) -> Any:
+        """Clip, guard, then ``apply`` the wrapped optimizer's step unless refused; advance the epoch."""
+        out = None
+        if self._guarded(scaled) is not True:
+            try:
+                out = apply()
+            finally:
+                self.optimizer.__dict__.pop("found_inf", None)
+        self._advance()
+        return out
+
+    def _guarded(self, scaled: bool) -> bool | Tensor:
+        """Clip, then apply the non-finite policy to the coming update: True to skip it.
+
+        ``scaled``: a GradScaler unscaled the gradients and checks them itself; the guard then
+        judges the losses only. Under ``"skip"`` with a fused optimizer (``fused=True`` Adam,
+        AdamW, SGD) the flag goes to its kernels as ``found_inf`` and is returned, a device
+        tensor, unread. Records the outcome in :attr:`last_result` when an objective was taken
+        for this update.
+        """
+        grad_norm = grads_flag = None
+        if self.max_grad_norm is not None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                [p for group in self.param_groups for p in group["params"]], self.max_grad_norm
+            )
+            grads_flag = grad_norm.isfinite().logical_not()
+        elif not scaled and self.nonfinite != "unchecked":
+            grads_flag = _guard.nonfinite_grads(_guard.grads_of(self.param_groups))
+        pending, self._pending = self._pending, []
+        grads_flag = None if scaled else grads_flag
+        skipped: bool | Tensor
+        if self.nonfinite == "skip" and not scaled and _fused(self.optimizer):  # a scaler sets its own
+            flag = _guard.hot_flag(pending, grads_flag)
+            skipped = (
+                False if flag is None else _guard.skip_on_device(self.optimizer, flag, self.process_group)
+            )
+        else:
+            skipped = _guard.refused(
+                self.nonfinite, pending, grads_flag, self.process_group, self.param_groups
+            )
+        if pending and self.last_result is not None:
+            self.last_result = self.last_result._replace(skipped=skipped, grad_norm=grad_norm)
+        return skipped
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """The wrapped optimizer's state dict plus SIGUA's own under the key ``"sigua"``.
 
-        ``state_dict["sigua"]`` holds ``gamma``, ``epoch``, ``reduction`` and ``condition``: the
+        ``state_dict["sigua"]`` holds ``gamma``, ``epoch`` (fractional with ``steps_per_epoch``),
+        ``reduction`` and ``condition``: the
         condition's type, its hyperparameters (the attributes its class names in
         ``hyperparameters``: noise rate, band, warm-up, semantics, T, ...) and its own
         ``state_dict()``. Hooks registered with ``register_state_dict_pre_hook`` /
@@ -734,7 +881,7 @@ class SIGUAOptimizer(Optimizer):
 
     def _load_sigua(self, fields: dict[str, Any]) -> None:
         self._gamma, self.reduction = fields["gamma"], fields["reduction"]
-        self.set_epoch(fields["epoch"])
+        self.set_epoch(fields["epoch"])  # with steps_per_epoch, the updates count on from it
         load = getattr(self.condition, "load_state_dict", None)
         if fields["condition"] is not None and callable(load):
             load(fields["condition"])

@@ -217,3 +217,34 @@ def test_a_condition_without_state_round_trips() -> None:
     _, opt = trained(halves)
     opt.load_state_dict(source.state_dict())
     assert source.state_dict()["sigua"]["condition"]["type"].endswith("halves")
+
+
+def test_steps_per_epoch_position_resumes_bit_identically() -> None:
+    """A run with steps_per_epoch saved mid-epoch resumes at the same fractional epoch."""
+
+    def run(steps: int, opt: SIGUAOptimizer, model: torch.nn.Module) -> None:
+        for i in range(steps):
+            torch.manual_seed(100 + i)
+            x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+            opt.zero_grad()
+            opt.step(F.cross_entropy(model(x), y, reduction="none"))
+
+    def fresh() -> tuple[torch.nn.Module, SIGUAOptimizer]:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 3)
+        base = torch.optim.Adam(model.parameters(), lr=0.1)
+        return model, SIGUAOptimizer(base, BandSelected(0.4, 0.2, warmup_epochs=2), 0.05, steps_per_epoch=4)
+
+    model, opt = fresh()
+    opt.set_epoch(1)
+    run(6, opt, model)  # epoch 1 + 6 / 4 = 2.5
+    saved, params = copy.deepcopy(opt.state_dict()), copy.deepcopy(model.state_dict())
+    run(3, opt, model)
+
+    twin_model, twin = fresh()
+    twin_model.load_state_dict(params)
+    twin.load_state_dict(saved)
+    assert twin.epoch == 2.5 and twin.condition.epoch == 2.5  # type: ignore[union-attr]
+    run(3, twin, twin_model)
+    assert twin.epoch == opt.epoch == 3.25
+    assert equal(twin_model.state_dict(), model.state_dict())

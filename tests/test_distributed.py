@@ -32,16 +32,33 @@ def model_and_data(sizes: tuple[int, ...]) -> tuple[torch.nn.Module, torch.Tenso
     )
 
 
-def make_optimizer(model: torch.nn.Module, scope: str, nonfinite: str = "raise") -> SIGUAOptimizer:
+def make_optimizer(
+    model: torch.nn.Module, scope: str, nonfinite: str = "raise", reduction: str = "paper"
+) -> SIGUAOptimizer:
     condition = BandSelected(0.4, 0.3, warmup_epochs=0)
     base = torch.optim.SGD(model.parameters(), lr=0.5)
-    return SIGUAOptimizer(base, condition, 0.2, selection_scope=scope, nonfinite=nonfinite)  # type: ignore[arg-type]
+    return SIGUAOptimizer(
+        base,
+        condition,
+        0.2,
+        selection_scope=scope,  # type: ignore[arg-type]
+        nonfinite=nonfinite,  # type: ignore[arg-type]
+        reduction=reduction,  # type: ignore[arg-type]
+    )
 
 
 def worker(
-    rank: int, port: int, out: str, sizes: tuple[int, ...], scope: str, nonfinite: str, poison: bool
+    rank: int,
+    port: int,
+    out: str,
+    sizes: tuple[int, ...],
+    scope: str,
+    nonfinite: str,
+    poison: bool,
+    reduction: str,
 ) -> None:
-    """One rank's step, saved to ``out``; with ``poison``, rank 1 alone has a NaN loss."""
+    """One rank's step, saved to ``out``; with ``poison``, rank 1 alone has a NaN loss. Records
+    the number of all-gathers the step ran."""
     dist.init_process_group(
         "gloo",
         init_method=f"tcp://127.0.0.1:{port}",
@@ -52,7 +69,9 @@ def worker(
     try:
         model, x, y = model_and_data(sizes)
         ddp = torch.nn.parallel.DistributedDataParallel(model)
-        opt = make_optimizer(ddp, scope, nonfinite)
+        opt = make_optimizer(ddp, scope, nonfinite, reduction)
+        all_gather, gathers = dist.all_gather, []
+        dist.all_gather = lambda *a, **k: gathers.append(1) or all_gather(*a, **k)  # type: ignore[assignment]
         start = sum(sizes[:rank])
         part = slice(start, start + sizes[rank])
         losses = F.cross_entropy(ddp(x[part]), y[part], reduction="none")
@@ -64,6 +83,8 @@ def worker(
             record |= result._asdict()
         except ValueError as error:
             record["error"] = str(error)
+        dist.all_gather = all_gather
+        record["gathers"] = len(gathers)
         record["grads"] = [p.grad for p in model.parameters()]
         record["params"] = [p.detach().clone() for p in model.parameters()]
         torch.save(record, f"{out}/rank{rank}.pt")
@@ -77,22 +98,37 @@ def worker(
 
 
 def run_world(
-    tmp_path: Path, sizes: tuple[int, ...], scope: str, nonfinite: str = "raise", poison: bool = False
+    tmp_path: Path,
+    sizes: tuple[int, ...],
+    scope: str,
+    nonfinite: str = "raise",
+    poison: bool = False,
+    reduction: str = "paper",
 ) -> list[dict[str, object]]:
     with socket.socket() as probe:  # a free port on the loopback interface
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    mp.spawn(worker, args=(port, str(tmp_path), sizes, scope, nonfinite, poison), nprocs=WORLD, join=True)
+    mp.spawn(
+        worker,
+        args=(port, str(tmp_path), sizes, scope, nonfinite, poison, reduction),
+        nprocs=WORLD,
+        join=True,
+    )
     return [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
 
 
+@pytest.mark.parametrize("reduction", ["paper", "official"])
 @pytest.mark.parametrize("sizes", [(12, 12), (12, 7)])
 def test_global_selection_equals_one_process_on_the_concatenated_batch(
-    tmp_path: Path, sizes: tuple[int, int]
+    tmp_path: Path, sizes: tuple[int, int], reduction: str
 ) -> None:
-    ranks = run_world(tmp_path, sizes, "global")
+    """Also with the official reduction: its group means divide by the global group counts."""
+    ranks = run_world(tmp_path, sizes, "global", reduction=reduction)
+    assert [r["gathers"] for r in ranks] == [2, 2]  # the sizes and the losses: no mask without valid=
     model, x, y = model_and_data(sizes)  # one process, the concatenated batch, no process group
-    whole = make_optimizer(model, "global").step(F.cross_entropy(model(x), y, reduction="none"))
+    whole = make_optimizer(model, "global", reduction=reduction).step(
+        F.cross_entropy(model(x), y, reduction="none")
+    )
     assert torch.cat([r["good"] for r in ranks]).tolist() == whole.good.tolist()  # type: ignore[misc]
     assert torch.cat([r["bad"] for r in ranks]).tolist() == whole.bad.tolist()  # type: ignore[misc]
     fresh, starts = model_and_data(sizes)[0], (0, sizes[0])
