@@ -33,7 +33,7 @@ from . import kernels
 
 Semantics = Literal["paper", "official"]
 Reduction = Literal["paper", "official"]
-Criterion = Literal["sample", "total"]
+Criterion = Literal["sample", "total", "class"]
 
 __all__ = [
     "band_masks",
@@ -269,14 +269,23 @@ def nonnegative_masks(
     - ``"sample"``: :math:`C_{good}(i) = \mathbb{I}([T^{-1}\ell_{vec}(x_i)]_{\tilde y_i} \ge 0)`,
       the sample's own corrected loss (Eq. 8), the rule of the authors' code;
     - ``"total"``: :math:`C_{good}(i) = \mathbb{I}(\mathbf{1}^\top T^{-1}\ell_{vec}(x_i) \ge 0)`,
-      Eq. 11 as printed.
+      Eq. 11 as printed;
+    - ``"class"``: the non-negative risk of nnPU (Kiryo et al., 2017) per clean class. Eq. 8's
+      loss is a sum of terms :math:`t_{ic} = [T^{-1}]_{\tilde y_i c}\, \ell(f(x_i), c)`, and
+      :math:`R_c = \sum_i t_{ic}` estimates (times :math:`n`) the risk of the samples whose clean
+      class is :math:`c`, which cannot be negative. The term :math:`t_{ic}` is good iff
+      :math:`R_c \ge 0`. The masks are ``[n, k]``, one per term: train on the terms.
 
     :math:`C_{bad} = \neg C_{good}` when ``ascend`` (SIGUA_BC, Eq. 12), else none (nnBC).
+    Masks are ``[n]``, or ``[n, k]`` for ``"class"``.
     """
     if criterion == "sample":
         value = (class_losses * inverse[targets]).sum(dim=1)
-    else:
+    elif criterion == "total":
         value = class_losses @ inverse.sum(dim=0)
+    else:
+        terms = class_losses * inverse[targets]
+        value = terms.sum(dim=0).expand_as(terms)
     good = value >= 0
     return good, ~good if ascend else torch.zeros_like(good)
 
