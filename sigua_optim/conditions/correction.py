@@ -4,7 +4,7 @@ The backward-corrected loss of Eq. 8 is unbiased but can go negative, and a nega
 sign of over-fitting noisy labels. A sample is good when its corrected loss is non-negative; nnBC
 drops the rest, SIGUA_BC ascends on them (Eq. 12, ``gamma = 1`` in the paper).
 
-Three criteria (docs/differences.md):
+Three criteria (docs/differences.md; docs/results.md §3 measures them):
 
 - ``"sample"`` (default, the authors' code): :math:`[T^{-1}\ell_{vec}(x_i)]_{\tilde y_i} \ge 0`.
 - ``"total"`` (Eq. 11 as printed): :math:`\mathbf{1}^\top T^{-1}\ell_{vec}(x_i) \ge 0`. For any T
