@@ -91,3 +91,76 @@ def plot(records: Sequence[Record], path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def by_figure(records: Sequence[Record]) -> dict[str, list[Record]]:
+    """Records grouped by figure: ``fig1`` apart, every other experiment (set1, set2) together."""
+    groups: dict[str, list[Record]] = defaultdict(list)
+    for r in records:
+        groups["fig1" if r["experiment"] == "fig1" else "sets"].append(r)
+    return dict(groups)
+
+
+NAMES = {"standard": "Standard", "self-teach": "Self-Teach", "sigua-sl": "SIGUA_SL", "bc": "BC",
+         "nnbc": "nnBC", "sigua-bc": "SIGUA_BC"}  # fmt: skip
+PAIRS = (("sigua-sl", "self-teach"), ("self-teach", "standard"), ("sigua-bc", "nnbc"), ("nnbc", "bc"))
+COLLAPSE_WHY = {
+    "bc": "Adam's beta2 = 0.1 and the corrected loss, unbounded below, blow the logits up",
+    "nnbc": "the per-sample criterion drops the confidently fitted clean samples",
+    "sigua-bc": "with gamma = 1 the per-sample criterion turns the objective into mean |corrected loss|",
+}
+
+
+def _last(records: Sequence[Record], metric: str, last: int = 10) -> dict[tuple[str, str], np.ndarray]:
+    """(noise, method) -> per-seed mean of ``metric`` over the last ``last`` epochs, in %."""
+    return {key: 100 * np.nanmean(runs[:, -last:], axis=1) for key, runs in _curves(records, metric).items()}
+
+
+def interpret(records: Sequence[Record]) -> list[str]:
+    """A few lines saying what the records show: who won and by how much, memorisation, collapses."""
+    if records[0]["experiment"] == "fig1":
+        return _interpret_fig1(records)
+    test, flipped = _last(records, "test_acc"), _last(records, "train_acc_flipped")
+    k = max(int(r["classes"]) for r in records)
+    lines = []
+    for noise in _ordered(r["noise"] for r in records):
+        methods = [m for (n, m) in test if n == noise]
+        for a, b in PAIRS:
+            if a in methods and b in methods:
+                diff = test[(noise, a)] - test[(noise, b)]
+                wins = int((diff > 0).sum())
+                lines.append(
+                    f"{noise}: {NAMES[a]} - {NAMES[b]} = {diff.mean():+.2f} points (per-seed "
+                    f"differences: std {diff.std():.2f}, {NAMES[a]} ahead on {wins} of {len(diff)} seeds)"
+                )
+        memorised = ", ".join(f"{NAMES[m]} {flipped[(noise, m)].mean():.1f}%" for m in methods)
+        lines.append(f"{noise}: flipped labels still fitted at the end (memorisation): {memorised}")
+        for m in methods:
+            if test[(noise, m)].mean() < 200 / k:  # below twice chance
+                lines.append(
+                    f"{noise}: {NAMES[m]} collapsed ({test[(noise, m)].mean():.1f}% test): "
+                    f"{COLLAPSE_WHY.get(m, 'see the records')}; docs/results.md section 3 explains it."
+                )
+    return ["**What the table shows**", *(f"- {line}" for line in lines)]
+
+
+def _interpret_fig1(records: Sequence[Record]) -> list[str]:
+    shift = min(r["epoch"] for r in records if r["bad_fraction"]) - 1  # KnownClean marks bad after it
+    test, flipped = _curves(records, "test_acc"), _curves(records, "train_acc_flipped")
+    lines = []
+    for (noise, method), runs in test.items():
+        t, f = 100 * runs, 100 * flipped[(noise, method)]
+        lines.append(
+            f"{noise}, {method}: at the shift (epoch {shift}) test {t[:, shift - 1].mean():.1f}%, "
+            f"flipped labels fitted {f[:, shift - 1].mean():.1f}%; at the end test "
+            f"{t[:, -1].mean():.1f}% (std {t[:, -1].std():.1f}), flipped labels fitted {f[:, -1].mean():.1f}%"
+        )
+        stopgrad = (noise, "gamma=0")
+        if method != "gamma=0" and stopgrad in test:
+            forgot = 100 * (flipped[stopgrad][:, -1] - flipped[(noise, method)][:, -1])
+            gain = 100 * (runs[:, -1] - test[stopgrad][:, -1])
+            lines.append(
+                f"{noise}, {method} against StopGrad (gamma=0): {forgot.mean():+.1f} points fewer flipped "
+                f"labels fitted, {gain.mean():+.1f} points test accuracy (per-seed std {gain.std():.1f})"
+            )
+    return ["**What the curves show**", *(f"- {line}" for line in lines)]

@@ -34,7 +34,7 @@ from ._validation import check_choice
 
 Semantics = Literal["paper", "official"]
 Reduction = Literal["paper", "official"]
-Criterion = Literal["sample", "total"]
+Criterion = Literal["sample", "total", "class"]
 
 __all__ = [
     "band_masks",
@@ -284,25 +284,36 @@ def nonnegative_masks(
     - ``"sample"``: :math:`C_{good}(i) = \mathbb{I}([T^{-1}\ell_{vec}(x_i)]_{\tilde y_i} \ge 0)`,
       the sample's own corrected loss (Eq. 8), the rule of the authors' code;
     - ``"total"``: :math:`C_{good}(i) = \mathbb{I}(\mathbf{1}^\top T^{-1}\ell_{vec}(x_i) \ge 0)`,
-      Eq. 11 as printed.
+      Eq. 11 as printed;
+    - ``"class"``: the non-negative risk of nnPU (Kiryo et al., 2017) per clean class. Eq. 8's
+      loss is a sum of terms :math:`t_{ic} = [T^{-1}]_{\tilde y_i c}\, \ell(f(x_i), c)`, and
+      :math:`R_c = \sum_i t_{ic}` estimates (times :math:`n`) the risk of the samples whose clean
+      class is :math:`c`, which cannot be negative. The term :math:`t_{ic}` is good iff
+      :math:`R_c \ge 0`. The masks are ``[n, k]``, one per term: train on the terms.
 
     :math:`C_{bad} = \neg C_{good}` when ``ascend`` (SIGUA_BC, Eq. 12), else none (nnBC).
 
     The criterion is evaluated in the dtype of ``inverse`` (float64 in
     :class:`~sigua_optim.conditions.NonNegativeCorrection`), ``class_losses`` being widened to it
-    in blocks of ``NONNEGATIVE_CHUNK`` elements.
+    in blocks of ``NONNEGATIVE_CHUNK`` elements. Masks are ``[n]``, or ``[n, k]`` for ``"class"``.
     """
-    check_choice(criterion, "criterion", ("sample", "total"))
+    check_choice(criterion, "criterion", ("sample", "total", "class"))
     n, k = class_losses.shape
     rows = max(1, NONNEGATIVE_CHUNK // k)
     column_sums = inverse.sum(dim=0)
     value = class_losses.new_empty(n, dtype=inverse.dtype)
+    risks = class_losses.new_zeros(k, dtype=inverse.dtype)  # R_c of "class", summed block by block
     for start in range(0, n, rows):
         block = class_losses[start : start + rows].to(inverse.dtype, copy=True)
-        if criterion == "sample":
-            value[start : start + rows] = block.mul_(inverse[targets[start : start + rows]]).sum(dim=1)
-        else:
+        if criterion == "total":
             value[start : start + rows] = block @ column_sums
+            continue
+        terms = block.mul_(inverse[targets[start : start + rows]])
+        if criterion == "sample":
+            value[start : start + rows] = terms.sum(dim=1)
+        else:
+            risks += terms.sum(dim=0)
+    good = (risks >= 0).expand(n, k).clone() if criterion == "class" else value >= 0
     good = value >= 0
     return good, ~good if ascend else torch.zeros_like(good)
 

@@ -111,26 +111,37 @@ def nonnegative_correction(
     criterion: str,
     ascend: bool,
 ) -> tuple[list[bool], list[bool], list[bool]]:
-    """Eqs. 11-12 for each sample, and which samples float64 cannot decide.
+    """Eqs. 11-12 for each sample (each term for "class"), and which float64 cannot decide.
 
-    "sample": ``value_i = sum_j Tinv[y_i][j] * l_j(x_i)``; "total":
-    ``value_i = sum_c sum_j Tinv[c][j] * l_j(x_i)``. good(i) = value_i >= 0; bad(i) = not good(i)
-    if ascend, else False.
-    undecided(i): |value_i| is within float64 rounding of the sum of |terms|, so a sum taken in
+    "sample": ``value_i = sum_j Tinv[y_i][j] * l_j(x_i)``; "total": ``value_i = sum_c sum_j
+    Tinv[c][j] * l_j(x_i)``. good(i) = value_i >= 0; bad(i) = not good(i) if ascend, else False.
+    "class": ``R_c = sum_i Tinv[y_i][c] * l_c(x_i)``; the term (i, c) is good iff R_c >= 0; the lists
+    hold n * k entries, sample by sample, class by class.
+    undecided: |value| is within float64 rounding of the sum of |terms|, so a sum taken in
     another order may land on the other side of 0.
     """
     k = len(inverse)
-    good, bad, undecided = [], [], []
-    for row, y in zip(class_losses, targets, strict=True):
-        rows = [y] if criterion == "sample" else range(k)
-        value, magnitude = 0.0, 0.0
-        for c in rows:
-            for j in range(k):
-                value += inverse[c][j] * row[j]
-                magnitude += abs(inverse[c][j] * row[j])
-        good.append(value >= 0)
-        bad.append(ascend and not value >= 0)
-        undecided.append(abs(value) <= 1e-12 * magnitude)
+    if criterion == "class":
+        values, magnitudes = [0.0] * k, [0.0] * k
+        for row, y in zip(class_losses, targets, strict=True):
+            for c in range(k):
+                values[c] += inverse[y][c] * row[c]
+                magnitudes[c] += abs(inverse[y][c] * row[c])
+        values, magnitudes = values * len(targets), magnitudes * len(targets)
+    else:
+        values, magnitudes = [], []
+        for row, y in zip(class_losses, targets, strict=True):
+            rows = [y] if criterion == "sample" else range(k)
+            value, magnitude = 0.0, 0.0
+            for c in rows:
+                for j in range(k):
+                    value += inverse[c][j] * row[j]
+                    magnitude += abs(inverse[c][j] * row[j])
+            values.append(value)
+            magnitudes.append(magnitude)
+    good = [value >= 0 for value in values]
+    bad = [ascend and not value >= 0 for value in values]
+    undecided = [abs(v) <= 1e-12 * m for v, m in zip(values, magnitudes, strict=True)]
     return good, bad, undecided
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import run
+from benchmarks import report, run
 from benchmarks.data import (
     IMAGES_MAGIC,
     LABELS_MAGIC,
@@ -137,13 +137,57 @@ def _records(out: Path) -> list[dict[str, object]]:
 def test_smoke_run_writes_records_table_and_plot(tmp_path: Path) -> None:
     assert run.main(["--smoke", "--out", str(tmp_path)]) == 0
     records = _records(tmp_path)
-    assert len(records) == 6 * 4  # six methods, four epochs, one seed
-    assert {r["method"] for r in records} == set(run.SET1 + run.SET2)
+    fig1 = [r for r in records if r["experiment"] == "fig1"]
+    sets = [r for r in records if r["experiment"] != "fig1"]
+    assert len(fig1) == 2 * 4 and {r["method"] for r in fig1} == {"gamma=0", "gamma=0.01"}
+    assert len(sets) == 6 * 4  # six methods, four epochs, one seed
+    assert {r["method"] for r in sets} == set(run.SET1 + run.SET2)
     assert all(0.0 <= float(r["test_acc"]) <= 1.0 for r in records)  # type: ignore[arg-type]
+    assert all(float(r["logit_norm"]) > 0 for r in records)  # type: ignore[arg-type]
+    bc = [r for r in sets if r["method"] == "bc"]
+    assert all(0.0 <= float(r["negative_fraction"]) <= 1.0 for r in bc)  # type: ignore[arg-type]
     table = (tmp_path / "table.md").read_text()
     assert all(f"| {m} |" in table for m in run.SET1 + run.SET2)
-    assert (tmp_path / "all.png").read_bytes()[:4] == b"\x89PNG"
-    assert json.loads((tmp_path / "config.json").read_text())["epochs"] == 4
+    assert "SIGUA_SL - Self-Teach" in table and "flipped labels fitted" in table
+    for name in ("fig1", "sets"):
+        assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["set1"]["epochs"] == 4 and config["set2"]["criterion"] == "class"
+
+
+def test_paper_recipe_is_one_flag_away() -> None:
+    parser = run.build_parser()
+    ours = {p.experiment: p for p in run.experiments(parser, [])}
+    paper = {p.experiment: p for p in run.experiments(parser, ["--paper-recipe"])}
+    assert list(ours) == ["fig1", "set1", "set2"]
+    settings = [(p["set2"].beta2, p["set2"].criterion, p["fig1"].gammas) for p in (ours, paper)]
+    assert settings == [(0.999, "class", [0.0, 0.01]), (0.1, "sample", [0.0, 0.001])]
+    assert paper["fig1"].epochs == ours["fig1"].epochs == 110 and ours["fig1"].shift == 60
+    assert ours["set1"].epochs == paper["set1"].epochs == 200 and ours["set2"].epochs == 30
+    only_bc = run.experiments(parser, ["sets", "--methods", "bc,nnbc"])
+    assert [(p.experiment, p.methods) for p in only_bc] == [("set2", ["bc", "nnbc"])]
+
+
+def _run_records(method: str, noise: str, test: list[float]) -> list[dict[str, object]]:
+    return [
+        {"experiment": "set2", "method": method, "noise": noise, "seed": seed, "epoch": e + 1,
+         "classes": 10, "test_acc": acc + 0.01 * seed, "train_acc_flipped": 0.2}
+        for seed in range(2)
+        for e, acc in enumerate(test)
+    ]  # fmt: skip
+
+
+def test_interpretation_names_the_winner_and_the_collapses() -> None:
+    records = (
+        _run_records("bc", "sym-50", [0.8, 0.85])
+        + _run_records("nnbc", "sym-50", [0.1, 0.1])
+        + _run_records("sigua-bc", "sym-50", [0.9, 0.9])
+    )
+    lines = "\n".join(report.interpret(records))
+    assert "SIGUA_BC - nnBC = +80.00 points" in lines and "ahead on 2 of 2 seeds" in lines
+    assert "nnBC - BC = -72.50 points" in lines
+    assert "nnBC collapsed" in lines and "docs/results.md" in lines
+    assert "BC collapsed" not in lines.replace("nnBC collapsed", "")
 
 
 def test_fig1_branches_share_the_pre_shift_and_use_the_oracle(tmp_path: Path) -> None:
@@ -153,7 +197,7 @@ def test_fig1_branches_share_the_pre_shift_and_use_the_oracle(tmp_path: Path) ->
     by_method: dict[object, list[dict[str, object]]] = {}
     for r in records:
         by_method.setdefault(r["method"], []).append(r)
-    stopgrad, sigua = by_method["gamma=0"], by_method["gamma=0.001"]
+    stopgrad, sigua = by_method["gamma=0"], by_method["gamma=0.01"]
     assert [r["test_acc"] for r in stopgrad[:2]] == [r["test_acc"] for r in sigua[:2]]
     for r in stopgrad[2:] + sigua[2:]:
         assert r["good_precision"] == 1.0 and r["bad_precision"] == 1.0

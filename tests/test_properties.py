@@ -83,11 +83,15 @@ def test_nonnegative_correction(data: st.DataObject, n: int, k: int, ascend: boo
         torch.randn(n, k, generator=torch.Generator().manual_seed(data.draw(st.integers(0, 99)))) * scale
     ).to(dtype)
     targets = torch.tensor(data.draw(st.lists(st.integers(0, k - 1), min_size=n, max_size=n)))
-    criterion = data.draw(st.sampled_from(["sample", "total"]), label="criterion")
+    criterion = data.draw(st.sampled_from(["sample", "total", "class"]), label="criterion")
     condition = NonNegativeCorrection(transition, ascend=ascend, criterion=criterion)  # type: ignore[arg-type]
-    from sigua_optim.losses import backward_corrected_cross_entropy
+    from sigua_optim.losses import backward_corrected_cross_entropy, class_losses
 
-    losses = backward_corrected_cross_entropy(logits, targets, transition).to(dtype)
+    if criterion == "class":  # the per-class terms of Eq. 8, n * k of them
+        terms = class_losses(logits).double() * condition.inverse[targets]
+        losses = terms.flatten().to(dtype)
+    else:
+        losses = backward_corrected_cross_entropy(logits, targets, transition).to(dtype)
     # The criterion is evaluated in blocks of rows: draw blocks of one row, of a few, and of all.
     chunk = data.draw(st.sampled_from([1, k, 3 * k + 1, functional.NONNEGATIVE_CHUNK]), label="chunk")
     with pytest.MonkeyPatch.context() as patch:
@@ -174,6 +178,30 @@ def test_eq11_as_printed_never_marks_bad_on_symmetric_noise() -> None:
     sample = NonNegativeCorrection(transition)(torch.zeros(256), logits=logits, targets=targets)
     assert not total.bad.any()
     assert sample.bad.any()
+
+
+def test_class_criterion_ascends_on_the_terms_of_a_negative_class_risk() -> None:
+    transition = pair(3, 0.45)
+    inverse = torch.linalg.inv(transition)
+    logits = torch.tensor([[4.0, 0.0, 0.0], [0.0, 4.0, 0.0], [0.0, 0.0, 4.0], [4.0, 0.0, 0.0]])
+    targets = torch.tensor([0, 1, 2, 1])
+    terms = torch.nn.functional.log_softmax(logits.double(), dim=1).neg() * inverse[targets]
+    risks = terms.sum(dim=0)  # R_c: the clean-class risks of nnPU
+    selection = NonNegativeCorrection(transition, criterion="class")(
+        terms.flatten(), logits=logits, targets=targets
+    )
+    assert selection.bad.view(4, 3).tolist() == [(risks < 0).tolist()] * 4
+    assert 0 < int((risks < 0).sum()) < 3  # some classes each way: the rule is per class
+    dropped = NonNegativeCorrection(transition, ascend=False, criterion="class")(
+        terms.flatten(), logits=logits, targets=targets
+    )
+    assert not dropped.bad.any() and dropped.good.view(4, 3).tolist() == [(risks >= 0).tolist()] * 4
+    with pytest.raises(ValueError, match="4 rows x 3 classes"):
+        NonNegativeCorrection(transition, criterion="class")(terms[:, 0], logits=logits, targets=targets)
+    with pytest.raises(ValueError, match="valid="):
+        NonNegativeCorrection(transition, criterion="class")(
+            terms.flatten(), logits=logits, targets=targets, valid=torch.ones(12, dtype=torch.bool)
+        )
 
 
 @given(loss_vectors(), st.data(), noise_rates, gammas)
