@@ -314,7 +314,6 @@ def nonnegative_masks(
         else:
             risks += terms.sum(dim=0)
     good = (risks >= 0).expand(n, k).clone() if criterion == "class" else value >= 0
-    good = value >= 0
     return good, ~good if ascend else torch.zeros_like(good)
 
 
