@@ -103,7 +103,7 @@ def _check_probs_labels(probs: Tensor, noisy_labels: Tensor) -> tuple[Tensor, Te
     labels = noisy_labels.detach().cpu().long()
     if bool((labels < 0).any()) or bool((labels >= k).any()):
         raise ValueError(f"noisy_labels must lie in [0, {k - 1}] (probs has {k} columns)")
-    missing = sorted(set(range(k)) - set(labels.unique().tolist()))
+    missing = (torch.bincount(labels, minlength=k) == 0).nonzero().flatten().tolist()
     if missing:
         raise ValueError(
             f"noisy_labels never contains the classes {missing}: nothing can be estimated about "
