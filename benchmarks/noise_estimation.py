@@ -7,7 +7,13 @@ the same epochs. Both estimators of ``sigua_optim.estimation`` run on each; the 
 |eps_hat - eps| (eps: the fraction of labels actually flipped) and the mean absolute error of the
 ``k x k`` T_hat. One JSON line per (seed, noise, source, epoch, method), then a table.
 
+With ``--sigua-epochs N``: SIGUA_SL (BandSelected, Adam 1e-3, gamma 0.01, T_k = 10) trained N
+epochs with the true noise rate, the offline estimate (confident joint, 5-fold cross-fitting,
+fold models read after 5 epochs) and ``noise_rate="auto"``; one JSON line per epoch (test
+accuracy, the rate in use), then the last-10-epoch mean test accuracy and the rate in use at the end.
+
     python -m benchmarks.noise_estimation --data-dir /path/to/mnist --seeds 0,1,2
+    python -m benchmarks.noise_estimation --data-dir /path/to/mnist --sigua-epochs 40 --noises sym-50
 """
 
 from __future__ import annotations
@@ -22,10 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from benchmarks.data import load_mnist_split
+from benchmarks.data import Split, load_mnist_split
 from benchmarks.models import small_mlp
+from sigua_optim import SIGUAOptimizer
+from sigua_optim.conditions import BandSelected
 from sigua_optim.estimation import METHODS, estimate_noise
-from sigua_optim.noise import corrupt, pair, symmetric
+from sigua_optim.noise import corrupt, estimate_noise_rate, pair, symmetric
 
 
 def class_dependent(k: int) -> Tensor:
@@ -86,6 +94,66 @@ def probabilities(
     return out
 
 
+def offline_rate(x: Tensor, noisy: Tensor, seed: int) -> float:
+    """The confident-joint estimate of eps from 5-fold cross-fitted models read after 5 epochs."""
+
+    def fit_predict(train: Tensor, test: Tensor) -> Tensor:
+        return train_reading(x[train], noisy[train], x[test], [5], seed)[5]
+
+    return estimate_noise(fit_predict, noisy, generator=torch.Generator().manual_seed(seed)).eps
+
+
+def sigua_run(
+    split: Split, noisy: Tensor, noise_rate: float | str, band: float, epochs: int, seed: int
+) -> list[tuple[float, float]]:
+    """SIGUA_SL for ``epochs`` epochs; (test accuracy, noise rate in use) after each epoch."""
+    torch.manual_seed(seed)
+    model = small_mlp(split.num_features, 10)
+    condition = BandSelected(noise_rate, band=band, warmup_epochs=10)
+    opt = SIGUAOptimizer(torch.optim.Adam(model.parameters(), lr=1e-3), condition, gamma=0.01)
+    shuffle = torch.Generator().manual_seed(seed)
+    out = []
+    for epoch in range(epochs):
+        opt.set_epoch(epoch)
+        model.train()
+        for batch in torch.randperm(len(noisy), generator=shuffle).split(128):
+            opt.zero_grad()
+            opt.step(F.cross_entropy(model(split.x_train[batch]), noisy[batch], reduction="none"))
+        model.eval()
+        with torch.no_grad():
+            accuracy = (model(split.x_test).argmax(1) == split.y_test).double().mean().item()
+        out.append((accuracy, condition.noise_rate))
+    return out
+
+
+def compare_sigua(args: argparse.Namespace) -> None:
+    """Test accuracy of SIGUA_SL with the true, the offline and the online noise rate."""
+    table: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    for seed in (int(s) for s in args.seeds.split(",")):
+        split = load_mnist_split(args.data_dir, seed)
+        for name in args.noises.split(","):
+            T = NOISES[name](10)
+            noisy, _ = corrupt(split.y_train, T, torch.Generator().manual_seed(seed))
+            for mode in args.modes.split(","):
+                rate: float | str = mode
+                if mode == "true":
+                    rate = estimate_noise_rate(T)
+                elif mode == "offline":
+                    rate = offline_rate(split.x_train, noisy, seed)
+                trace = sigua_run(split, noisy, rate, args.band, args.sigua_epochs, seed)
+                for epoch, (accuracy, used) in enumerate(trace, 1):
+                    record = {"seed": seed, "noise": name, "mode": mode, "epoch": epoch}
+                    print(json.dumps({**record, "test_acc": accuracy, "noise_rate": used}), flush=True)
+                last = [accuracy for accuracy, _ in trace[-10:]]
+                table[name, mode].append((sum(last) / len(last), trace[-1][1]))
+    print("\n| noise | noise rate | last-10-epoch test accuracy (mean over seeds) | rate used at the end |")
+    print("| --- | --- | --- | --- |")
+    for (name, mode), rows in table.items():
+        accs, used = zip(*rows, strict=True)
+        rates_used = ", ".join(f"{u:.3f}" for u in used)
+        print(f"| {name} | {mode} | {100 * sum(accs) / len(accs):.2f} | {rates_used} |")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True)
@@ -93,8 +161,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--noises", default=",".join(NOISES))
     parser.add_argument("--epochs", default="3,10,20", help="epochs after which the models are read")
     parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--sigua-epochs", type=int, default=0, help="compare SIGUA_SL runs instead")
+    parser.add_argument(
+        "--modes", default="true,offline,auto", help="true, offline, auto (with --sigua-epochs)"
+    )
+    parser.add_argument("--band", type=float, default=0.15, help="SIGUA_SL's band (with --sigua-epochs)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.sigua_epochs:
+        compare_sigua(args)
+        return 0
     epochs = [int(e) for e in args.epochs.split(",")]
     table: dict[tuple[str, str, str], list[tuple[float, float]]] = defaultdict(list)
     for seed in (int(s) for s in args.seeds.split(",")):
