@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import copy
+import datetime
 import math
+import os
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -170,14 +175,52 @@ def test_the_estimate_builds_the_conditions() -> None:
 # -- online: the loss mixture ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("eps", [0.2, 0.45])
-def test_mixture_recovers_the_weight_of_two_known_loss_populations(eps: float) -> None:
-    # Clean losses ~ Exp(mean 0.1), noisy ones ~ 2.5 + Exp(mean 1): u = 1 - exp(-loss) separates them.
-    g = torch.Generator().manual_seed(0)
-    n = 20_000
+def two_populations(n: int, eps: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(losses, noisy): clean losses ~ Exp(mean 0.1), noisy ones ~ 2.5 + Exp(mean 1)."""
+    g = torch.Generator().manual_seed(seed)
     noisy = torch.rand(n, generator=g) < eps
     base = -torch.rand(n, generator=g).log()
-    losses = torch.where(noisy, 2.5 + base, 0.1 * base)
+    return torch.where(noisy, 2.5 + base, 0.1 * base), noisy
+
+
+def _rank(rank: int, port: int, out: str) -> None:
+    """Each of 2 ranks observes its half of the losses; the estimate is saved to ``out``."""
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=2,
+        timeout=datetime.timedelta(seconds=60),
+    )
+    try:
+        losses, _ = two_populations(4000, 0.3, seed=rank)  # different data on each rank
+        mixture = LossMixture()
+        mixture.observe(losses)
+        torch.save(mixture.update(1), f"{out}/rank{rank}.pt")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    os._exit(0)  # as tests/test_distributed.py: skip gloo's C++ teardown at exit
+
+
+def test_the_histogram_is_summed_over_the_ranks(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(_rank, args=(port, str(tmp_path)), nprocs=2, join=True)
+    got = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    one = LossMixture()  # one process seeing both ranks' losses
+    for rank in range(2):
+        one.observe(two_populations(4000, 0.3, seed=rank)[0])
+    assert got[0] == got[1] == one.update(1)
+    alone = LossMixture()
+    alone.observe(two_populations(4000, 0.3, seed=0)[0])
+    assert alone.update(1) != got[0]  # rank 0's half alone gives another estimate
+
+
+@pytest.mark.parametrize("eps", [0.2, 0.45])
+def test_mixture_recovers_the_weight_of_two_known_loss_populations(eps: float) -> None:
+    losses, noisy = two_populations(20_000, eps, seed=0)
     mixture = LossMixture()
     for batch in losses.split(128):
         mixture.observe(batch)
