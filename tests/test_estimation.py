@@ -273,6 +273,19 @@ def test_invalid_losses_are_not_counted() -> None:
     assert mixture.counts is not None and mixture.counts.tolist() == [2.0] + [0.0] * 9
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_observing_losses_on_cuda_reads_nothing_back() -> None:
+    mixture = LossMixture()
+    losses = torch.rand(1000, device="cuda") * 3
+    torch.cuda.set_sync_debug_mode("error")  # any host synchronisation raises
+    try:
+        mixture.observe(losses)
+        mixture.observe(losses, valid=losses > 1.0)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert mixture.counts is not None and mixture.counts.device == losses.device
+
+
 def test_bad_online_arguments_are_named() -> None:
     with pytest.raises(ValueError, match="noise_rate must be a float in \\[0, 1\\) or 'auto'"):
         SmallLoss(noise_rate="guess")
