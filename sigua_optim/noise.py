@@ -12,9 +12,9 @@ A transition matrix ``T`` is a ``k x k`` row-stochastic matrix with
   belongs to class ``i``.
 * :func:`estimate_noise_rate` -- ``eps = 1 - sum_i prior_i * T[i, i]``.
 
-The estimators let a user who does not know the noise still run SIGUA: train a model on the noisy
-labels, estimate ``T`` from its softmax outputs, then pass ``estimate_noise_rate(T)`` to
-``SmallLoss`` / ``BandSelected`` or ``T`` to ``NonNegativeCorrection``.
+The estimators need probabilities from a model that has not seen the sample (a model's
+predictions on its own training samples hide the noise it has memorised):
+:func:`sigua_optim.estimation.estimate_noise` cross-fits them and builds the conditions.
 
 >>> import torch
 >>> T = symmetric(10, 0.5)

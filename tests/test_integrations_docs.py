@@ -36,7 +36,7 @@ def run(section: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[s
 def test_every_python_block_is_tested() -> None:
     tested = ["Plain PyTorch", "Hugging Face Trainer", "Lightning: automatic optimization"]
     tested += ["Lightning: manual optimization", "Accelerate", "Mixed precision", "Gradient accumulation"]
-    tested += ["Per-token losses", "Distributed: DDP and FSDP"]
+    tested += ["Per-token losses", "Distributed: DDP and FSDP", "The noise is unknown"]
     assert sum(len(recipes(section)) for section in tested) == DOC.count("```python")
 
 
@@ -145,3 +145,18 @@ def test_distributed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name, p in model.named_parameters():
         assert p.grad is not None
         torch.testing.assert_close(getattr(ns["model"].module, name), p.detach() - 0.1 * p.grad)
+
+
+def test_the_noise_is_unknown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    monkeypatch.chdir(tmp_path)
+    plain, trainer_block = recipes("The noise is unknown")
+    ns: dict[str, Any] = {"__name__": "recipe"}
+    exec(compile(plain, "integrations.md: The noise is unknown", "exec"), ns)
+    condition = ns["opt"].condition
+    assert ns["opt"].epoch == 3 and 0 < condition.noise_rate < 1  # estimated at epochs 1, 2, 3
+    assert condition.band == min(0.15, condition.noise_rate)
+    exec(compile(trainer_block, "integrations.md: The noise is unknown", "exec"), ns)
+    assert ns["trainer"].state.global_step == 8 and ns["opt"].condition.estimator.epoch == 1
+    assert 0 < ns["opt"].condition.noise_rate < 1  # estimated from epoch 0's 128 losses

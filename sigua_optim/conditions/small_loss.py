@@ -24,6 +24,18 @@ from .. import functional
 from .._validation import check_choice, check_real
 from ..functional import Semantics
 from .base import Scheduled, Selection, check_batch, check_epoch, check_valid
+from .online import LossMixture
+
+
+def _estimator(noise_rate: float | str | LossMixture, warmup_epochs: float) -> LossMixture | None:
+    """The online estimator ``noise_rate="auto"`` (or a LossMixture) asks for; None for a number."""
+    if isinstance(noise_rate, LossMixture):
+        return noise_rate
+    if noise_rate == "auto":
+        return LossMixture(freeze_after=warmup_epochs)
+    if isinstance(noise_rate, str):
+        raise ValueError(f"noise_rate must be a float in [0, 1) or 'auto', got {noise_rate!r}")
+    return None
 
 
 class SmallLoss(Scheduled):
@@ -32,7 +44,10 @@ class SmallLoss(Scheduled):
     :math:`C_{good}(i) = \mathbb{I}(\#\{j : \ell_i > \ell_j\} \le n_b\, \rho(t))`.
 
     Args:
-        noise_rate: :math:`\epsilon` in [0, 1), the label-noise rate.
+        noise_rate: :math:`\epsilon` in [0, 1), the label-noise rate; or ``"auto"``, estimated
+            at each epoch from the previous epoch's losses by a
+            :class:`~sigua_optim.conditions.online.LossMixture` frozen after ``warmup_epochs``
+            (0 before the first estimate); or such a ``LossMixture``.
         warmup_epochs: :math:`T_k` (default: 10), the epochs over which :math:`\rho` falls from
             1 to :math:`1 - \epsilon`.
         semantics: ``"paper"`` (default) or ``"official"`` (the authors' code; module docstring).
@@ -45,23 +60,38 @@ class SmallLoss(Scheduled):
     """
 
     inputs: ClassVar[frozenset[str]] = frozenset({"valid"})
-    hyperparameters: ClassVar[tuple[str, ...]] = ("noise_rate", "warmup_epochs", "semantics")
+    # the noise rate as given ("auto" for an estimate, which is state, not a hyperparameter)
+    hyperparameters: ClassVar[tuple[str, ...]] = ("noise_rate_setting", "warmup_epochs", "semantics")
 
     def __init__(
-        self, noise_rate: float, warmup_epochs: float = 10, *, semantics: Semantics = "paper"
+        self,
+        noise_rate: float | str | LossMixture,
+        warmup_epochs: float = 10,
+        *,
+        semantics: Semantics = "paper",
     ) -> None:
-        self.noise_rate = check_real(
-            noise_rate,
-            "noise_rate",
-            0.0,
-            1.0,
-            high_open=True,
-            hint=" (the fraction of flipped labels, eps; if you do not know it, estimate it with "
-            "sigua_optim.noise)",
-        )
         self.warmup_epochs = check_epoch(warmup_epochs, "warmup_epochs")
+        self.estimator = _estimator(noise_rate, self.warmup_epochs)
+        self.noise_rate = (
+            check_real(
+                noise_rate,
+                "noise_rate",
+                0.0,
+                1.0,
+                high_open=True,
+                hint=" (the fraction of flipped labels, eps; if you do not know it, pass 'auto' or "
+                "estimate it with sigua_optim.estimation.estimate_noise)",
+            )
+            if self.estimator is None
+            else self.estimator.noise_rate
+        )
         check_choice(semantics, "semantics", get_args(Semantics))
         self.semantics: Semantics = semantics
+
+    @property
+    def noise_rate_setting(self) -> float | str:
+        """``noise_rate`` as given: the float, or ``"auto"`` when it is estimated online."""
+        return self.noise_rate if self.estimator is None else "auto"
 
     @property
     def rate(self) -> float:
@@ -70,12 +100,36 @@ class SmallLoss(Scheduled):
 
     def __call__(self, losses: Tensor, *, valid: Tensor | None = None, **inputs: Any) -> Selection:
         check_batch(losses)
+        valid = self._valid(valid, losses)
+        self._observe(losses, valid)
         if self.semantics == "paper":
-            good = functional.small_loss_mask(losses, self.rate, self._valid(valid, losses))
+            good = functional.small_loss_mask(losses, self.rate, valid)
         else:
-            self._valid(valid, losses)
             good = functional.official_small_loss_mask(losses, self.rate)
         return Selection(good, torch.zeros_like(good))
+
+    def _observe(self, losses: Tensor, valid: Tensor | None) -> None:
+        if self.estimator is not None:
+            self.estimator.observe(losses, valid)
+
+    def set_epoch(self, epoch: float) -> None:
+        """Set the epoch t; with ``noise_rate="auto"``, at a new whole epoch, re-estimate eps."""
+        super().set_epoch(epoch)
+        if self.estimator is not None:
+            self.noise_rate = self.estimator.update(self.epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The epoch, and with ``noise_rate="auto"`` the estimator's state."""
+        state = super().state_dict()
+        if self.estimator is not None:
+            state["estimator"] = self.estimator.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        if self.estimator is not None and "estimator" in state:
+            self.estimator.load_state_dict(state["estimator"])
+        super().load_state_dict(state)
 
     def _valid(self, valid: Tensor | None, losses: Tensor) -> Tensor | None:
         valid = check_valid(valid, losses)
@@ -101,9 +155,12 @@ class BandSelected(SmallLoss):
     the kept ones, not the largest losses.
 
     Args:
-        noise_rate: :math:`\epsilon` in [0, 1), the label-noise rate.
+        noise_rate: :math:`\epsilon` in [0, 1), the label-noise rate, or ``"auto"`` (see
+            :class:`SmallLoss`).
         band: :math:`\delta \ge 0`, the bad band's width as a rate of the batch; at most
             ``noise_rate``, so that the kept rate :math:`1 - \epsilon` plus the band fits in 1.
+            With ``noise_rate="auto"``: any rate in [0, 1); the band used is
+            :math:`\min(\delta, \hat\epsilon)`, updated with :math:`\hat\epsilon`.
             With ``semantics="official"``: the code's rate r in [0, 1] (module docstring).
         warmup_epochs: :math:`T_k` (default: 10).
         semantics: ``"paper"`` (default) or ``"official"``.
@@ -115,11 +172,11 @@ class BandSelected(SmallLoss):
         tensor([False, False, False, False,  True])
     """
 
-    hyperparameters: ClassVar[tuple[str, ...]] = (*SmallLoss.hyperparameters, "band")
+    hyperparameters: ClassVar[tuple[str, ...]] = (*SmallLoss.hyperparameters, "max_band")
 
     def __init__(
         self,
-        noise_rate: float,
+        noise_rate: float | str | LossMixture,
         band: float,
         warmup_epochs: float = 10,
         *,
@@ -131,11 +188,25 @@ class BandSelected(SmallLoss):
             if semantics == "paper"
             else (1.0, "1, a fraction of the samples not kept")
         )
-        self.band = check_real(band, "band", 0.0, limit, hint=f" (band is at most {what})")
+        if self.estimator is not None and semantics == "paper":
+            limit, what = 1.0, "1 (with noise_rate='auto' the band used is min(band, eps_hat))"
+        self.max_band = self.band = check_real(band, "band", 0.0, limit, hint=f" (band is at most {what})")
+        self._follow_band()
+
+    def _follow_band(self) -> None:
+        """With an estimated eps and paper semantics, the band is min(band, eps_hat)."""
+        if self.estimator is not None and self.semantics == "paper":
+            self.band = min(self.max_band, self.noise_rate)
+
+    def set_epoch(self, epoch: float) -> None:
+        """Set the epoch t; with ``noise_rate="auto"``, re-estimate eps and the band."""
+        super().set_epoch(epoch)
+        self._follow_band()
 
     def __call__(self, losses: Tensor, *, valid: Tensor | None = None, **inputs: Any) -> Selection:
         check_batch(losses)
         valid = self._valid(valid, losses)
+        self._observe(losses, valid)
         if self.semantics == "paper":
             return Selection(*functional.band_masks(losses, self.rate, self.band, valid))
         return Selection(*functional.official_band_masks(losses, self.rate, self.band))
