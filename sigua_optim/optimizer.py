@@ -742,8 +742,9 @@ class SIGUAOptimizer(Optimizer):
         The whole dict is checked before any part loads (a ValueError or TypeError naming the
         entry, and nothing changed): SIGUA's fields, the condition, and the wrapped optimizer's
         part (``state`` and ``param_groups`` present; each group's hyperparameters of the
-        current ones' types; for ``torch.optim`` optimizers but LBFGS, every state buffer of
-        the parameter's number of dimensions, each size the parameter's or 1).
+        current ones' kinds; for ``torch.optim`` optimizers but LBFGS, every parameter's state
+        with the same buffer names, each a floating-point tensor (or None) that is a scalar or
+        has the parameter's number of dimensions, each size the parameter's or 1).
 
         Like the learning rate in ``param_groups``, the saved ``gamma`` and ``reduction``
         replace the current ones, and the epoch is restored. The condition is not replaced:
@@ -859,17 +860,21 @@ def _check_wrapped_state(optimizer: Optimizer, state_dict: dict[str, Any]) -> No
     builtin = type(optimizer).__module__.startswith("torch.optim") and not isinstance(
         optimizer, torch.optim.LBFGS
     )
+    names: set[str] | None = None
     for key, entry in state.items():
         where = f"state_dict['state'][{key!r:.20}]"
         if key not in shapes:
             raise ValueError(f"{where}: no param group lists a parameter with id {key!r:.20}")
-        for name, value in check_mapping(entry, where).items():
-            if (
-                builtin
-                and isinstance(value, Tensor)
-                and value.ndim > 0
-                and not _fits(value.shape, shapes[key])
-            ):
+        entry = check_mapping(entry, where)
+        if not builtin:
+            continue
+        if names is not None and set(entry) != names:
+            raise ValueError(f"{where} has the buffers {sorted(entry)}, another parameter {sorted(names)}")
+        names = set(entry)
+        for name, value in entry.items():
+            if value is not None and (not isinstance(value, Tensor) or not value.is_floating_point()):
+                raise TypeError(f"{where}[{name!r}] must be a floating-point tensor, got {value!r:.60}")
+            if value is not None and value.ndim > 0 and not _fits(value.shape, shapes[key]):
                 raise ValueError(
                     f"{where}[{name!r}] has shape {tuple(value.shape)}, its parameter {tuple(shapes[key])}"
                 )
