@@ -726,7 +726,10 @@ class SIGUAOptimizer(Optimizer):
         state = record.get("state")
         if state is not None and callable(getattr(self.condition, "load_state_dict", None)):
             trial: Any = copy.deepcopy(self.condition)
-            trial.load_state_dict(state)  # a dry run: raises, changes nothing
+            try:
+                trial.load_state_dict(state)  # a dry run: raises, changes nothing
+            except (TypeError, ValueError) as error:
+                raise type(error)(f"{where}['state']: {error}") from error
         return state
 
     def _load_sigua(self, fields: dict[str, Any]) -> None:
@@ -743,7 +746,7 @@ class SIGUAOptimizer(Optimizer):
         entry, and nothing changed): SIGUA's fields, the condition, and the wrapped optimizer's
         part (``state`` and ``param_groups`` present; each group's hyperparameters of the
         current ones' kinds; for ``torch.optim`` optimizers but LBFGS, every parameter's state
-        with the same buffer names, each a floating-point tensor (or None) that is a scalar or
+        with the same buffer names, each a floating-point tensor (``step`` of one element) that is a scalar or
         has the parameter's number of dimensions, each size the parameter's or 1).
 
         Like the learning rate in ``param_groups``, the saved ``gamma`` and ``reduction``
@@ -872,9 +875,13 @@ def _check_wrapped_state(optimizer: Optimizer, state_dict: dict[str, Any]) -> No
             raise ValueError(f"{where} has the buffers {sorted(entry)}, another parameter {sorted(names)}")
         names = set(entry)
         for name, value in entry.items():
-            if value is not None and (not isinstance(value, Tensor) or not value.is_floating_point()):
+            if not isinstance(value, Tensor) or not value.is_floating_point():
                 raise TypeError(f"{where}[{name!r}] must be a floating-point tensor, got {value!r:.60}")
-            if value is not None and value.ndim > 0 and not _fits(value.shape, shapes[key]):
+            if (
+                value.numel() != 1
+                if name == "step"
+                else value.ndim > 0 and not _fits(value.shape, shapes[key])
+            ):
                 raise ValueError(
                     f"{where}[{name!r}] has shape {tuple(value.shape)}, its parameter {tuple(shapes[key])}"
                 )
