@@ -437,8 +437,15 @@ class SIGUAOptimizer(Optimizer):
             num_items: the divisor :math:`n_b` of Eq. 3 instead of ``len(losses)``: the number
                 of samples in the whole accumulated batch (Hugging Face's
                 ``num_items_in_batch``), so that the objectives of the micro-batches add up to
-                the objective of the whole batch. An int or a 0-d tensor; paper reduction only.
-            **inputs: named inputs for the condition.
+                the objective of the whole batch. An int or a 0-d integer or floating tensor;
+                paper reduction only. It must be >= 1 (0, a negative count or NaN would turn
+                descent into ascent or NaN). An int is checked for free; a tensor's dtype and
+                shape too; its value is read on the host (one read) when it is on the CPU, or
+                under ``nonfinite="raise"``/``"skip"``, which read the device each step anyway.
+                Under ``nonfinite="unchecked"`` or inside ``torch.compile``, a device tensor's
+                value is not checked: no host synchronisation.
+            **inputs: named inputs for the condition; a keyword the condition does not take is
+                a TypeError (see :class:`~sigua_optim.conditions.Condition`).
 
         The selection is kept, sync-free, in :attr:`last_result` (a :class:`StepResult`) for
         logging: ``opt.last_result.good.sum()``.
@@ -767,7 +774,14 @@ class SIGUAOptimizer(Optimizer):
         sigua = state_dict.pop("sigua", None)
         fields = None if sigua is None else self._check_sigua(sigua)
         _check_wrapped_state(self.optimizer, state_dict)
-        self.optimizer.load_state_dict(state_dict)
+        before = self.optimizer.state, self.optimizer.param_groups
+        try:
+            self.optimizer.load_state_dict(state_dict)
+        except (KeyError, IndexError, RuntimeError, TypeError, ValueError) as error:
+            # torch builds a new state and new groups, then swaps them in: the old ones are intact.
+            self.optimizer.state, self.optimizer.param_groups = before
+            message = f"state_dict: the wrapped optimizer refused it ({type(error).__name__}: {error})"
+            raise (TypeError if isinstance(error, TypeError) else ValueError)(message) from error
         if fields is not None:
             self._load_sigua(fields)
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():

@@ -217,3 +217,16 @@ def test_a_condition_without_state_round_trips() -> None:
     _, opt = trained(halves)
     opt.load_state_dict(source.state_dict())
     assert source.state_dict()["sigua"]["condition"]["type"].endswith("halves")
+
+
+def test_a_checkpoint_the_wrapped_optimizer_cannot_load_changes_nothing() -> None:
+    """Found by the fuzz: Adam's own load raised KeyError after swapping its state in."""
+
+    def only_one_entry_without_step(saved: dict[str, Any]) -> dict[str, Any]:
+        del saved["state"][0]
+        del saved["state"][1]["step"]
+        return saved
+
+    assert_refused(
+        ValueError, r"state_dict: the wrapped optimizer refused it \(KeyError", only_one_entry_without_step
+    )
