@@ -753,8 +753,9 @@ class SIGUAOptimizer(Optimizer):
         entry, and nothing changed): SIGUA's fields, the condition, and the wrapped optimizer's
         part (``state`` and ``param_groups`` present; each group's hyperparameters of the
         current ones' kinds; for ``torch.optim`` optimizers but LBFGS, every parameter's state
-        with the same buffer names, each a floating-point tensor (``step`` of one element) that is a scalar or
-        has the parameter's number of dimensions, each size the parameter's or 1).
+        with the same buffer names, each a floating-point tensor: ``step`` (and ASGD's and
+        NAdam's scalars) of one element, the others of the parameter's number of dimensions,
+        each size the parameter's or 1).
 
         Like the learning rate in ``param_groups``, the saved ``gamma`` and ``reduction``
         replace the current ones, and the epoch is restored. The condition is not replaced:
@@ -833,6 +834,10 @@ def _same_kind(saved: Any, current: Any) -> bool:
     return isinstance(saved, type(current))
 
 
+_SCALAR_BUFFERS = frozenset({"step", "eta", "mu", "mu_product"})
+"""The one-element state buffers of torch.optim's optimizers (the others are shaped like the parameter)."""
+
+
 def _fits(buffer: torch.Size, parameter: torch.Size) -> bool:
     """A state buffer of a parameter: its shape, or (Adafactor's factors) sizes of 1 in it."""
     return len(buffer) == len(parameter) and all(b in (p, 1) for b, p in zip(buffer, parameter, strict=True))
@@ -891,11 +896,8 @@ def _check_wrapped_state(optimizer: Optimizer, state_dict: dict[str, Any]) -> No
         for name, value in entry.items():
             if not isinstance(value, Tensor) or not value.is_floating_point():
                 raise TypeError(f"{where}[{name!r}] must be a floating-point tensor, got {value!r:.60}")
-            if (
-                value.numel() != 1
-                if name == "step"
-                else value.ndim > 0 and not _fits(value.shape, shapes[key])
-            ):
+            scalar = name in _SCALAR_BUFFERS
+            if value.numel() != 1 if scalar else not _fits(value.shape, shapes[key]):
                 raise ValueError(
                     f"{where}[{name!r}] has shape {tuple(value.shape)}, its parameter {tuple(shapes[key])}"
                 )

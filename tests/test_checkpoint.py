@@ -140,6 +140,17 @@ def setting(path: tuple[Any, ...], value: Any) -> Callable[[dict[str, Any]], dic
             setting(("state", 1, "exp_avg_sq"), torch.zeros(2)),
         ),
         (ValueError, r"no param group lists a parameter with id 7", setting(("state", 7), {})),
+        (
+            ValueError,
+            r"\['exp_avg'\] has shape \(\), its parameter \(3, 4\)",
+            setting(("state", 0, "exp_avg"), torch.tensor(1.0)),
+        ),
+        (ValueError, r"\['step'\] has shape \(3, 4\)", setting(("state", 0, "step"), torch.ones(3, 4))),
+        (
+            TypeError,
+            r"\['exp_avg'\] must be a floating-point tensor, got None",
+            setting(("state", 0, "exp_avg"), None),
+        ),
         (ValueError, r"\['params'\] must list the 2 ids", setting(("param_groups", 0, "params"), [0])),
     ],
 )
