@@ -230,7 +230,7 @@ def train_epoch(model: nn.Module, opt: SIGUAOptimizer, task: Task) -> torch.Tens
         if task.oracle:
             inputs["clean"] = c
         opt.zero_grad()
-        r = opt.step(losses, **inputs)
+        r = opt.step(losses, **{k: v for k, v in inputs.items() if k in opt.condition.inputs})
         counts += torch.stack(
             [
                 torch.tensor(float(batch)),

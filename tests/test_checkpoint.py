@@ -29,14 +29,14 @@ def trained(condition: Any = None, gamma: float = 0.05) -> tuple[torch.nn.Module
 
 
 def equal(a: Any, b: Any) -> bool:
-    """Deep equality of state dicts, tensors compared bit for bit."""
+    """Deep equality of state dicts, tensors compared bit for bit, NaN equal to NaN."""
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(equal(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(equal(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
+    return a is b or bool(a == b) or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)
 
 
 def assert_refused(

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_checkpoint import equal as same
 
 from sigua_optim import SIGUAOptimizer
 from sigua_optim.conditions import AllGood, BandSelected, KnownClean, Selection, SmallLoss
@@ -37,16 +38,6 @@ JUNK = st.sampled_from(
 def snapshot(model: torch.nn.Module, opt: SIGUAOptimizer) -> Any:
     grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
     return copy.deepcopy(model.state_dict()), grads, copy.deepcopy(opt.state_dict())
-
-
-def same(a: Any, b: Any) -> bool:
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    return a is b or bool(a == b) or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)
 
 
 def refused_cleanly(error: Exception, names: list[str]) -> None:
