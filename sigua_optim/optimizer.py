@@ -540,8 +540,15 @@ class SIGUAOptimizer(Optimizer):
             num_items: the divisor :math:`n_b` of Eq. 3 instead of ``len(losses)``: the number
                 of samples in the whole accumulated batch (Hugging Face's
                 ``num_items_in_batch``), so that the objectives of the micro-batches add up to
-                the objective of the whole batch. An int or a 0-d tensor; paper reduction only.
-            **inputs: named inputs for the condition.
+                the objective of the whole batch. An int or a 0-d integer or floating tensor;
+                paper reduction only. It must be >= 1 (0, a negative count or NaN would turn
+                descent into ascent or NaN). An int is checked for free; a tensor's dtype and
+                shape too; its value is read on the host (one read) when it is on the CPU, or
+                under ``nonfinite="raise"``/``"skip"``, which read the device each step anyway.
+                Under ``nonfinite="unchecked"`` or inside ``torch.compile``, a device tensor's
+                value is not checked: no host synchronisation.
+            **inputs: named inputs for the condition; a keyword the condition does not take is
+                a TypeError (see :class:`~sigua_optim.conditions.Condition`).
 
         The selection is kept, sync-free, in :attr:`last_result` (a :class:`StepResult`) for
         logging: ``opt.last_result.good.sum()``.
@@ -876,7 +883,10 @@ class SIGUAOptimizer(Optimizer):
         state = record.get("state")
         if state is not None and callable(getattr(self.condition, "load_state_dict", None)):
             trial: Any = copy.deepcopy(self.condition)
-            trial.load_state_dict(state)  # a dry run: raises, changes nothing
+            try:
+                trial.load_state_dict(state)  # a dry run: raises, changes nothing
+            except (TypeError, ValueError) as error:
+                raise type(error)(f"{where}['state']: {error}") from error
         return state
 
     def _load_sigua(self, fields: dict[str, Any]) -> None:
@@ -892,8 +902,10 @@ class SIGUAOptimizer(Optimizer):
         The whole dict is checked before any part loads (a ValueError or TypeError naming the
         entry, and nothing changed): SIGUA's fields, the condition, and the wrapped optimizer's
         part (``state`` and ``param_groups`` present; each group's hyperparameters of the
-        current ones' types; for ``torch.optim`` optimizers but LBFGS, every state buffer of
-        the parameter's number of dimensions, each size the parameter's or 1).
+        current ones' kinds; for ``torch.optim`` optimizers but LBFGS, every parameter's state
+        with the same buffer names, each a floating-point tensor: ``step`` (and ASGD's and
+        NAdam's scalars) of one element, the others of the parameter's number of dimensions,
+        each size the parameter's or 1).
 
         Like the learning rate in ``param_groups``, the saved ``gamma`` and ``reduction``
         replace the current ones, and the epoch is restored. The condition is not replaced:
@@ -913,7 +925,14 @@ class SIGUAOptimizer(Optimizer):
         sigua = state_dict.pop("sigua", None)
         fields = None if sigua is None else self._check_sigua(sigua)
         _check_wrapped_state(self.optimizer, state_dict)
-        self.optimizer.load_state_dict(state_dict)
+        before = self.optimizer.state, self.optimizer.param_groups
+        try:
+            self.optimizer.load_state_dict(state_dict)
+        except (KeyError, IndexError, RuntimeError, TypeError, ValueError) as error:
+            # torch builds a new state and new groups, then swaps them in: the old ones are intact.
+            self.optimizer.state, self.optimizer.param_groups = before
+            message = f"state_dict: the wrapped optimizer refused it ({type(error).__name__}: {error})"
+            raise (TypeError if isinstance(error, TypeError) else ValueError)(message) from error
         if fields is not None:
             self._load_sigua(fields)
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
@@ -965,6 +984,10 @@ def _same_kind(saved: Any, current: Any) -> bool:
     return isinstance(saved, type(current))
 
 
+_SCALAR_BUFFERS = frozenset({"step", "eta", "mu", "mu_product"})
+"""The one-element state buffers of torch.optim's optimizers (the others are shaped like the parameter)."""
+
+
 def _fits(buffer: torch.Size, parameter: torch.Size) -> bool:
     """A state buffer of a parameter: its shape, or (Adafactor's factors) sizes of 1 in it."""
     return len(buffer) == len(parameter) and all(b in (p, 1) for b, p in zip(buffer, parameter, strict=True))
@@ -1009,17 +1032,22 @@ def _check_wrapped_state(optimizer: Optimizer, state_dict: dict[str, Any]) -> No
     builtin = type(optimizer).__module__.startswith("torch.optim") and not isinstance(
         optimizer, torch.optim.LBFGS
     )
+    names: set[str] | None = None
     for key, entry in state.items():
         where = f"state_dict['state'][{key!r:.20}]"
         if key not in shapes:
             raise ValueError(f"{where}: no param group lists a parameter with id {key!r:.20}")
-        for name, value in check_mapping(entry, where).items():
-            if (
-                builtin
-                and isinstance(value, Tensor)
-                and value.ndim > 0
-                and not _fits(value.shape, shapes[key])
-            ):
+        entry = check_mapping(entry, where)
+        if not builtin:
+            continue
+        if names is not None and set(entry) != names:
+            raise ValueError(f"{where} has the buffers {sorted(entry)}, another parameter {sorted(names)}")
+        names = set(entry)
+        for name, value in entry.items():
+            if not isinstance(value, Tensor) or not value.is_floating_point():
+                raise TypeError(f"{where}[{name!r}] must be a floating-point tensor, got {value!r:.60}")
+            scalar = name in _SCALAR_BUFFERS
+            if value.numel() != 1 if scalar else not _fits(value.shape, shapes[key]):
                 raise ValueError(
                     f"{where}[{name!r}] has shape {tuple(value.shape)}, its parameter {tuple(shapes[key])}"
                 )

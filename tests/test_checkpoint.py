@@ -29,14 +29,14 @@ def trained(condition: Any = None, gamma: float = 0.05) -> tuple[torch.nn.Module
 
 
 def equal(a: Any, b: Any) -> bool:
-    """Deep equality of state dicts, tensors compared bit for bit."""
+    """Deep equality of state dicts, tensors compared bit for bit, NaN equal to NaN."""
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(equal(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(equal(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
+    return a is b or bool(a == b) or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)
 
 
 def assert_refused(
@@ -140,6 +140,17 @@ def setting(path: tuple[Any, ...], value: Any) -> Callable[[dict[str, Any]], dic
             setting(("state", 1, "exp_avg_sq"), torch.zeros(2)),
         ),
         (ValueError, r"no param group lists a parameter with id 7", setting(("state", 7), {})),
+        (
+            ValueError,
+            r"\['exp_avg'\] has shape \(\), its parameter \(3, 4\)",
+            setting(("state", 0, "exp_avg"), torch.tensor(1.0)),
+        ),
+        (ValueError, r"\['step'\] has shape \(3, 4\)", setting(("state", 0, "step"), torch.ones(3, 4))),
+        (
+            TypeError,
+            r"\['exp_avg'\] must be a floating-point tensor, got None",
+            setting(("state", 0, "exp_avg"), None),
+        ),
         (ValueError, r"\['params'\] must list the 2 ids", setting(("param_groups", 0, "params"), [0])),
     ],
 )
@@ -158,7 +169,7 @@ def test_corrupted_checkpoint_refused_before_anything_loads(
             "saved with a condition of type 'sigua_optim.conditions.small_loss.BandSelected'",
         ),
         (SmallLoss(0.3), AllGood(), "saved with a condition of type"),
-        (SmallLoss(0.3), SmallLoss(0.4), r"noise_rate=0\.3 saved, 0\.4 here"),
+        (SmallLoss(0.3), SmallLoss(0.4), r"noise_rate_setting=0\.3 saved, 0\.4 here"),
         (SmallLoss(0.3, 5), SmallLoss(0.3, 10), r"warmup_epochs=5\.0 saved, 10\.0 here"),
         (BandSelected(0.3, 0.1), BandSelected(0.3, 0.2), r"band=0\.1 saved, 0\.2 here"),
         (SmallLoss(0.3, semantics="official"), SmallLoss(0.3), r"semantics='official' saved, 'paper' here"),
@@ -248,3 +259,16 @@ def test_steps_per_epoch_position_resumes_bit_identically() -> None:
     run(3, twin, twin_model)
     assert twin.epoch == opt.epoch == 3.25
     assert equal(twin_model.state_dict(), model.state_dict())
+
+
+def test_a_checkpoint_the_wrapped_optimizer_cannot_load_changes_nothing() -> None:
+    """Found by the fuzz: Adam's own load raised KeyError after swapping its state in."""
+
+    def only_one_entry_without_step(saved: dict[str, Any]) -> dict[str, Any]:
+        del saved["state"][0]
+        del saved["state"][1]["step"]
+        return saved
+
+    assert_refused(
+        ValueError, r"state_dict: the wrapped optimizer refused it \(KeyError", only_one_entry_without_step
+    )
