@@ -490,16 +490,16 @@ class SIGUAOptimizer(Optimizer):
     ) -> None:
         """The arguments of ``step``/``objective``/``select`` read by type before anything else.
 
-        A tensor ``num_items`` is read on the host when it is on the CPU, or when the non-finite
-        policy reads the device anyway ("raise", "skip"); under "unchecked" a device tensor's
-        value is not checked (no host synchronisation), only its dtype and shape.
+        A tensor ``num_items`` is read on the host when it is on the CPU; on a GPU only its dtype
+        and shape are checked here (no host synchronisation): a 0 or NaN count makes Eq. 3 not
+        finite, which the non-finite guard refuses; a negative count is not caught there.
         """
         check_tensor(losses, "losses", "per-sample losses, e.g. F.cross_entropy(out, y, reduction='none')")
         if condition is not None:
             check_condition(condition, "condition=")
         check_scaler(scaler)
         read = not isinstance(num_items, Tensor) or num_items.device.type == "cpu"
-        _check_num_items(num_items, self.reduction, read or self.nonfinite != "unchecked")
+        _check_num_items(num_items, self.reduction, read)
         if selection is None:
             check_inputs(self.condition if condition is None else condition, inputs, where)
         elif set(inputs) - {"valid"}:

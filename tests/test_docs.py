@@ -39,6 +39,7 @@ PUBLIC_MODULES = [
     "sigua_optim.functional",
     "sigua_optim.losses",
     "sigua_optim.noise",
+    "sigua_optim.estimation",
     "sigua_optim.reference",
     "sigua_optim.testing",
     "sigua_optim.kernels",

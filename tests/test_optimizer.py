@@ -152,7 +152,12 @@ def test_state_dict_round_trip_and_plain_state_dict() -> None:
         "reduction": "paper",
         "condition": {
             "type": "sigua_optim.conditions.small_loss.BandSelected",
-            "hyperparameters": {"noise_rate": 0.5, "warmup_epochs": 10.0, "semantics": "paper", "band": 0.2},
+            "hyperparameters": {
+                "noise_rate_setting": 0.5,
+                "warmup_epochs": 10.0,
+                "semantics": "paper",
+                "max_band": 0.2,
+            },
             "state": {"epoch": 4.5},
         },
     }

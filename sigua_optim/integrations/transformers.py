@@ -32,6 +32,7 @@ from torch import Tensor
 from .._validation import check_choice, check_real
 from ..conditions import Condition, Selection
 from ..functional import Reduction
+from .._validation import accepted_inputs
 from ..optimizer import SIGUAOptimizer, StepResult
 from . import _schedule_logs, require, sigua_optimizer
 
@@ -111,11 +112,12 @@ class SIGUALoss:
                 "steps, SIGUALoss(opt), or use SIGUATrainer, which builds one"
             )
         official = self.optimizer.reduction == "official"
+        accepted = accepted_inputs(self.optimizer.condition)
+        inputs = {"logits": logits.detach(), "targets": labels}
         objective = self.optimizer.objective(
             losses,
             num_items=None if official else num_items_in_batch,
-            logits=logits.detach(),
-            targets=labels,
+            **{name: value for name, value in inputs.items() if accepted is None or name in accepted},
         )
         self._add(self.optimizer.last_result)
         if official and num_items_in_batch is not None:
