@@ -29,10 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._validation import check_choice, check_real
+from .._validation import accepted_inputs, check_choice, check_real
 from ..conditions import Condition, Selection
 from ..functional import Reduction
-from .._validation import accepted_inputs
 from ..optimizer import SIGUAOptimizer, StepResult
 from . import _schedule_logs, require, sigua_optimizer
 
@@ -113,7 +112,7 @@ class SIGUALoss:
             )
         official = self.optimizer.reduction == "official"
         accepted = accepted_inputs(self.optimizer.condition)
-        inputs = {"logits": logits.detach(), "targets": labels}
+        inputs: dict[str, Any] = {"logits": logits.detach(), "targets": labels}
         objective = self.optimizer.objective(
             losses,
             num_items=None if official else num_items_in_batch,
