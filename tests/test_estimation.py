@@ -295,7 +295,7 @@ def test_bad_online_arguments_are_named() -> None:
         LossMixture(min_samples=0)
     with pytest.raises(ValueError, match="max_rate"):
         LossMixture(max_rate=1.0)
-    with pytest.raises(ValueError, match="band must be a finite number in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"band must be a finite number in \[0, 1\]"):
         BandSelected(noise_rate="auto", band=1.5)
 
 
