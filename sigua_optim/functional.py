@@ -16,7 +16,7 @@ On CPU in eager mode the order statistics come from ``numpy.partition`` on the t
 one ``torch.sort``; elsewhere from ``torch.kthvalue``. Each returns an element of the input, so
 the comparisons that follow are exact in any dtype. On a GPU with Triton, batches of up to
 ``kernels.MAX_FUSED`` losses count Eq. 5 directly, and reduce by Eq. 3, in one fused kernel each
-(:mod:`sigua_optim.kernels`).
+(``sigua_optim._kernels``, an implementation detail).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import kernels
+from . import _kernels as kernels
 from ._validation import check_choice
 
 Semantics = Literal["paper", "official"]

@@ -1,6 +1,6 @@
 """Hypothesis settings: 500 examples per property, no deadline (CI machines are slow and shared).
 
-Without a GPU, Triton's kernels (``sigua_optim.kernels``) run in Triton's interpreter, on the CPU:
+Without a GPU, Triton's kernels (``sigua_optim._kernels``) run in Triton's interpreter, on the CPU:
 the variable must be set before the kernels are defined, that is before ``sigua_optim`` is imported.
 """
 

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sigua_optim import SIGUAOptimizer, functional, kernels
+from sigua_optim import SIGUAOptimizer, functional
+from sigua_optim import _kernels as kernels
 from sigua_optim.conditions import AllGood, BandSelected, KnownClean, NonNegativeCorrection, SmallLoss
 from sigua_optim.losses import backward_corrected_cross_entropy
 from sigua_optim.noise import symmetric
@@ -127,13 +128,12 @@ def test_selection_on_cuda_equals_the_reference_loop(
         valid[data.draw(st.integers(0, n - 1))] = True
         inputs["valid"] = valid.cuda()
     reduction = data.draw(st.sampled_from(["paper", "official"]), label="reduction")
-    sizes = functional.DEVICE_SORT_MIN, kernels.MAX_FUSED
-    functional.DEVICE_SORT_MIN = 0 if path == "sort" else sizes[0]
-    kernels.MAX_FUSED = sizes[1] if path == "fused" else 0
-    try:
+    with pytest.MonkeyPatch.context() as patch:  # hypothesis draws the path per example
+        if path == "sort":
+            patch.setattr(functional, "DEVICE_SORT_MIN", 0)
+        if path != "fused":
+            patch.setattr(kernels, "MAX_FUSED", 0)
         assert_matches_reference(condition, losses.cuda(), gamma=0.01, reduction=reduction, **inputs)
-    finally:
-        functional.DEVICE_SORT_MIN, kernels.MAX_FUSED = sizes
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])

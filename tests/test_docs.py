@@ -42,7 +42,6 @@ PUBLIC_MODULES = [
     "sigua_optim.estimation",
     "sigua_optim.reference",
     "sigua_optim.testing",
-    "sigua_optim.kernels",
     "sigua_optim.integrations",
     "sigua_optim.integrations.transformers",
     "sigua_optim.integrations.lightning",

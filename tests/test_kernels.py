@@ -10,7 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sigua_optim import functional, kernels
+from sigua_optim import _kernels as kernels
+from sigua_optim import functional
 from sigua_optim.testing import _tolerance, loss_vectors, rates
 
 pytestmark = pytest.mark.skipif(not kernels.AVAILABLE, reason="needs Triton")
