@@ -26,6 +26,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._validation import accepted_inputs
 from ..optimizer import SIGUAOptimizer
 from . import require, sigua_optimizer
 
@@ -86,9 +87,10 @@ class SIGUALoss:
         losses = self.per_sample_loss(logits, labels)
         if not losses.requires_grad:  # evaluation: Trainer.prediction_step runs under no_grad
             return losses.sum() / (len(losses) if num_items_in_batch is None else num_items_in_batch)
-        return self.optimizer.objective(
-            losses, num_items=num_items_in_batch, logits=logits.detach(), targets=labels
-        )
+        given: dict[str, Any] = {"logits": logits.detach(), "targets": labels}
+        accepted = accepted_inputs(self.optimizer.condition)  # the inputs this condition takes
+        inputs = {k: v for k, v in given.items() if accepted is None or k in accepted}
+        return self.optimizer.objective(losses, num_items=num_items_in_batch, **inputs)
 
 
 def _logits(outputs: Any) -> Tensor:
