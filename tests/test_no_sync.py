@@ -33,7 +33,8 @@ def meta_step(condition: object, reduction: str, nonfinite: str) -> None:
     x = torch.empty(64, 8, device="meta")
     y = torch.empty(64, dtype=torch.long, device="meta")
     clean = torch.empty(64, dtype=torch.bool, device="meta")
-    result = opt.step(F.cross_entropy(model(x), y, reduction="none"), clean=clean)
+    inputs = {"clean": clean} if "clean" in opt.condition.inputs else {}  # type: ignore[union-attr]
+    result = opt.step(F.cross_entropy(model(x), y, reduction="none"), **inputs)
     assert result.good.device.type == "meta" and result.objective.shape == ()
 
 
