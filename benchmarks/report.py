@@ -116,6 +116,22 @@ def _last(records: Sequence[Record], metric: str, last: int = 10) -> dict[tuple[
     return {key: 100 * np.nanmean(runs[:, -last:], axis=1) for key, runs in _curves(records, metric).items()}
 
 
+def noise_estimates(records: Sequence[Record]) -> list[str]:
+    """One line per noise with an estimate (``--noise-rate estimate`` / ``--transition estimate``):
+    eps_hat, |eps_hat - eps| and the mean |T_hat - T|, mean (std) over the seeds."""
+    per_run = {(r["noise"], r["seed"]): r for r in records if "eps_hat" in r}
+    lines = []
+    for noise in _ordered(n for n, _ in per_run):
+        runs = [r for (n, _), r in per_run.items() if n == noise]
+        parts = [
+            f"{label} {np.mean(values):.3f} ({np.std(values):.3f})"
+            for label, key in (("eps_hat", "eps_hat"), ("|eps_hat - eps|", "eps_err"), ("T MAE", "T_mae"))
+            if (values := [r[key] for r in runs if key in r])
+        ]
+        lines.append(f"- {noise}: noise estimated offline over {len(runs)} seed(s): {', '.join(parts)}")
+    return lines
+
+
 def interpret(records: Sequence[Record]) -> list[str]:
     """A few lines saying what the records show: who won and by how much, memorisation, collapses."""
     if records[0]["experiment"] == "fig1":

@@ -45,6 +45,7 @@ from tqdm import tqdm
 from benchmarks import report
 from benchmarks.data import DataError, Split, load_digits_split, load_mnist_split, mnist_dir
 from benchmarks.models import MODELS
+from benchmarks.noise_estimation import train_reading
 from sigua_optim import SIGUAOptimizer
 from sigua_optim.conditions import (
     AllGood,
@@ -53,6 +54,7 @@ from sigua_optim.conditions import (
     NonNegativeCorrection,
     SmallLoss,
 )
+from sigua_optim.estimation import estimate_noise
 from sigua_optim.losses import BackwardCorrection, class_losses
 from sigua_optim.noise import check_transition_matrix, corrupt, estimate_noise_rate, pair, symmetric
 
@@ -99,10 +101,11 @@ class Parser(argparse.ArgumentParser):
 class Noise:
     name: str
     T: torch.Tensor  # float64 k x k
+    eps: float | None = None  # the rate the conditions get, when not T's own (an estimate)
 
     @property
     def rate(self) -> float:
-        return estimate_noise_rate(self.T)
+        return estimate_noise_rate(self.T) if self.eps is None else self.eps
 
 
 def parse_noise(spec: str, k: int) -> Noise:
@@ -142,6 +145,11 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _noise_rate(text: str) -> str | float:
+    """``--noise-rate``: ``true``, ``estimate``, ``auto`` or a fraction."""
+    return text if text in ("true", "estimate", "auto") else _fraction(text)
+
+
 def _gamma(text: str) -> float:
     value = float(text)
     if not 0 <= value <= 1:
@@ -163,8 +171,12 @@ def build_parser() -> Parser:
     p.add_argument("--data-dir", help="MNIST IDX folder (default: $SIGUA_MNIST_DIR)")
     p.add_argument("--noise", type=_comma_list(str), help=f"comma list of {NOISES}; "
                    "default sym-50 (fig1: sym-80)")  # fmt: skip
-    p.add_argument("--noise-rate", type=_fraction, help="eps given to SmallLoss/BandSelected "
-                   "(default: the true rate of the noise)")  # fmt: skip
+    p.add_argument("--noise-rate", type=_noise_rate, default="true", help="eps given to "
+                   "SmallLoss/BandSelected: true (default, the noise's own), estimate (offline: "
+                   "sigua_optim.estimation.estimate_noise on 5-fold cross-fitted small MLPs read "
+                   "after 5 epochs), auto (online, noise_rate='auto') or a fraction")  # fmt: skip
+    p.add_argument("--transition", choices=["true", "estimate"], default="true", help="T given "
+                   "to the BC methods: true (default) or estimate (as --noise-rate estimate)")  # fmt: skip
     p.add_argument("--methods", type=_comma_list(_method), help="default: all of the experiment")
     p.add_argument("--gammas", type=_comma_list(_gamma), help="fig1: one run per gamma after "
                    "the shift (default 0,0.01; paper 0,0.001)")  # fmt: skip
@@ -337,8 +349,10 @@ def set_recipe(
 ) -> tuple[SIGUAOptimizer, torch.optim.lr_scheduler.LRScheduler]:
     """The paper's SET1 / SET2 optimizer, schedule, gamma and condition for ``method``."""
     lr = args.lr or 1e-3
-    eps = noise.rate if args.noise_rate is None else args.noise_rate
-    band = args.band if args.band is not None else PAPER_BANDS.get(noise.name, BAND_FACTOR * eps)
+    # "true" and "estimate" arrive in noise.rate (see given_noise); "auto" and a fraction as given
+    eps: float | str = noise.rate if args.noise_rate in ("true", "estimate") else args.noise_rate
+    # delta of Eq. 6; with noise_rate="auto" it is a cap: the band used is min(delta, eps_hat)
+    band = args.band if args.band is not None else PAPER_BANDS.get(noise.name, BAND_FACTOR * noise.rate)
     if method in SET1:
         base: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         decay_from = round(0.4 * args.epochs)
@@ -447,7 +461,29 @@ def run_experiment(args: argparse.Namespace, sink: TextIO, bar: tqdm[Any]) -> No
             base = {"experiment": args.experiment, "dataset": args.dataset,
                     "model": args.model, "noise": noise.name, "seed": seed,
                     "classes": split.num_classes}  # fmt: skip
-            runner(args, task, noise, seed, recorder.emitter(base))
+            used, errors = given_noise(args, split, noisy, noise, seed)
+            runner(args, task, used, seed, recorder.emitter({**base, **errors}))
+
+
+def given_noise(
+    args: argparse.Namespace, split: Split, noisy: torch.Tensor, noise: Noise, seed: int
+) -> tuple[Noise, dict[str, float]]:
+    """The noise the methods are given (true, or estimated from the noisy training labels), and
+    for the records the estimates' errors: ``eps_hat`` and ``eps_err`` = |eps_hat - eps|,
+    ``T_mae`` = mean |T_hat - T|."""
+    if args.experiment == "fig1" or "estimate" not in (args.noise_rate, args.transition):
+        return noise, {}
+    x = split.x_train
+
+    def fit_predict(train: torch.Tensor, test: torch.Tensor) -> torch.Tensor:
+        return train_reading(x[train], noisy[train], x[test], [5], seed)[5]
+
+    estimate = estimate_noise(fit_predict, noisy, generator=torch.Generator().manual_seed(seed))
+    errors = {"eps_hat": estimate.eps, "eps_err": abs(estimate.eps - noise.rate)}
+    if args.transition == "estimate":
+        errors["T_mae"] = float((estimate.T - noise.T).abs().mean())
+    T = estimate.T if args.transition == "estimate" else noise.T
+    return Noise(noise.name, T, estimate.eps if args.noise_rate == "estimate" else None), errors
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -472,7 +508,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         plots.append(first.out / f"{name}.png")
         report.plot(group, plots[-1], f"{name} on {first.dataset} ({group[0]['model']})")
         tables = [report.table(group, metric) for metric in report.METRIC_TITLES]
-        texts.append("\n\n".join([f"## {name}", *tables, "\n".join(report.interpret(group))]))
+        lines = [*report.interpret(group), *report.noise_estimates(group)]
+        texts.append("\n\n".join([f"## {name}", *tables, "\n".join(lines)]))
     text = "\n\n".join(texts)
     (first.out / "table.md").write_text(text + "\n")
     print(text)

@@ -21,6 +21,7 @@ from benchmarks.data import (
     read_idx,
 )
 from benchmarks.models import MODELS, cnn9, deep_mlp
+from sigua_optim import SIGUAOptimizer
 from sigua_optim.noise import pair, symmetric
 
 MNIST_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist-t10k"
@@ -246,3 +247,25 @@ def test_speed_samples_alternate_and_paired_ratio_reads_them() -> None:
     assert [len(v) for v in times.values()] == [3, 3]
     ratio, low, high = paired_ratio([2.0, 4.2, 6.0, 8.0], [1.0, 2.0, 3.0, 4.0])
     assert ratio == 2.0 and 2.0 <= high <= 2.1 and low == 2.0
+
+
+def test_estimated_noise_is_given_to_the_methods_and_recorded(tmp_path: Path) -> None:
+    """--noise-rate estimate / --transition estimate: the methods get the estimates, the records
+    and the printed table carry their errors; --noise-rate auto gives the conditions 'auto'."""
+    argv = ["sets", "--smoke", "--methods", "sigua-sl,sigua-bc", "--out", str(tmp_path)]
+    assert run.main([*argv, "--noise-rate", "estimate", "--transition", "estimate"]) == 0
+    records = report.read_records(tmp_path / "results.jsonl")
+    eps = records[0]["eps_hat"]
+    assert all(r["eps_hat"] == eps and r["eps_err"] == abs(eps - 0.5) and r["T_mae"] > 0 for r in records)
+    assert 0.3 < eps < 0.7  # digits, sym-50: the estimate is near the truth, not the default
+    assert "noise estimated offline" in (tmp_path / "table.md").read_text()
+
+    def recipe(noise_rate: str, noise: run.Noise) -> SIGUAOptimizer:
+        args = run.resolve(run.build_parser().parse_args(["set1", "--noise-rate", noise_rate]), "set1")
+        return run.set_recipe(args, "sigua-sl", noise, torch.nn.Linear(64, 10))[0]
+
+    noise = run.parse_noise("sym-50", 10)
+    assert recipe("auto", noise).condition.noise_rate_setting == "auto"  # type: ignore[attr-defined]
+    estimated = run.Noise("sym-50", noise.T, eps=0.42)
+    assert recipe("estimate", estimated).condition.noise_rate == 0.42  # type: ignore[attr-defined]
+    assert recipe("true", noise).condition.noise_rate == 0.5  # type: ignore[attr-defined]
