@@ -2,19 +2,16 @@ r"""SIGUAOptimizer: the step of Algorithm 1 around any ``torch.optim`` optimizer
 
 from __future__ import annotations
 
-import copy
-import math
-import numbers
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Literal, NamedTuple, get_args, overload
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import _distributed, _guard, functional
+from . import _checkpoint, _distributed, _guard, functional
 from ._validation import (
     check_choice,
     check_condition,
@@ -833,61 +830,13 @@ class SIGUAOptimizer(Optimizer):
         return state
 
     def _sigua_state(self) -> dict[str, Any]:
-        """SIGUA's fields of a checkpoint (a new field: here, in _check_sigua and in _load_sigua)."""
+        """SIGUA's fields of a checkpoint (a new field: here, _checkpoint.check_sigua, _load_sigua)."""
         return {
             "gamma": self.gamma,
             "epoch": self.epoch,
             "reduction": self.reduction,
-            "condition": _condition_record(self.condition),
+            "condition": _checkpoint.condition_record(self.condition),
         }
-
-    def _check_sigua(self, sigua: Any) -> dict[str, Any]:
-        """The validated fields of ``state_dict["sigua"]``; raises before anything loads."""
-        where = "state_dict['sigua']"
-        sigua = check_mapping(sigua, where)
-        missing = [key for key in ("gamma", "epoch", "reduction", "condition") if key not in sigua]
-        if missing:
-            raise ValueError(
-                f"{where} lacks {', '.join(map(repr, missing))}: load the whole dict that "
-                "SIGUAOptimizer.state_dict() returned"
-            )
-        return {
-            "gamma": check_real(sigua["gamma"], f"{where}['gamma']", 0, 1),
-            "epoch": check_epoch(sigua["epoch"], f"{where}['epoch']"),
-            "reduction": check_choice(sigua["reduction"], f"{where}['reduction']", get_args(Reduction)),
-            "condition": self._check_condition_record(sigua["condition"]),
-        }
-
-    def _check_condition_record(self, record: Any) -> Any:
-        """The saved condition's state, once its type and hyperparameters equal this optimizer's
-        condition's and a copy of the condition has loaded it without error."""
-        where = "state_dict['sigua']['condition']"
-        record = check_mapping(record, where)
-        mine = _condition_record(self.condition)
-        if record.get("type") != mine["type"]:
-            raise ValueError(
-                f"{where}: the checkpoint was saved with a condition of type {record.get('type')!r:.100}, "
-                f"this optimizer's is {mine['type']!r}: build the optimizer with the condition of the run"
-            )
-        saved = check_mapping(record.get("hyperparameters"), f"{where}['hyperparameters']")
-        names = set(saved) | set(mine["hyperparameters"])
-        differ = sorted(n for n in names if not _same_value(saved.get(n), mine["hyperparameters"].get(n)))
-        if differ:
-            shown = ", ".join(
-                f"{n}={saved.get(n)!r:.60} saved, {mine['hyperparameters'].get(n)!r:.60} here" for n in differ
-            )
-            raise ValueError(
-                f"{where}: the checkpoint's condition differs from this optimizer's ({shown}): "
-                f"build the optimizer with the condition of the run, {self.condition!r:.100}"
-            )
-        state = record.get("state")
-        if state is not None and callable(getattr(self.condition, "load_state_dict", None)):
-            trial: Any = copy.deepcopy(self.condition)
-            try:
-                trial.load_state_dict(state)  # a dry run: raises, changes nothing
-            except (TypeError, ValueError) as error:
-                raise type(error)(f"{where}['state']: {error}") from error
-        return state
 
     def _load_sigua(self, fields: dict[str, Any]) -> None:
         self._gamma, self.reduction = fields["gamma"], fields["reduction"]
@@ -923,8 +872,8 @@ class SIGUAOptimizer(Optimizer):
                     check_mapping(returned, "the state_dict a load_state_dict pre-hook returned")
                 )
         sigua = state_dict.pop("sigua", None)
-        fields = None if sigua is None else self._check_sigua(sigua)
-        _check_wrapped_state(self.optimizer, state_dict)
+        fields = None if sigua is None else _checkpoint.check_sigua(sigua, self.condition)
+        _checkpoint.check_wrapped_state(self.optimizer, state_dict)
         before = self.optimizer.state, self.optimizer.param_groups
         try:
             self.optimizer.load_state_dict(state_dict)
@@ -937,117 +886,3 @@ class SIGUAOptimizer(Optimizer):
             self._load_sigua(fields)
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
-
-
-def _condition_record(condition: Any) -> dict[str, Any]:
-    """A condition in a checkpoint: its type (its name, for a function), hyperparameters, state."""
-    named = condition if hasattr(condition, "__qualname__") else type(condition)
-    state_dict = getattr(condition, "state_dict", None)
-    return {
-        "type": f"{named.__module__}.{named.__qualname__}",
-        "hyperparameters": {
-            name: getattr(condition, name) for name in getattr(condition, "hyperparameters", ())
-        },
-        "state": state_dict() if callable(state_dict) else None,
-    }
-
-
-def _same_value(a: Any, b: Any) -> bool:
-    if isinstance(a, Tensor) or isinstance(b, Tensor):
-        return (
-            isinstance(a, Tensor)
-            and isinstance(b, Tensor)
-            and a.shape == b.shape
-            and a.dtype == b.dtype
-            and torch.equal(a.cpu(), b.cpu())
-        )
-    return type(a) is type(b) and bool(a == b)
-
-
-def _same_kind(saved: Any, current: Any) -> bool:
-    """Whether a saved hyperparameter can stand for the current one (lr, betas, flags ...)."""
-    if isinstance(current, bool) or current is None:
-        return saved is None or isinstance(saved, bool)
-    if isinstance(current, (numbers.Real, Tensor)):
-        if isinstance(saved, Tensor):
-            return saved.numel() == 1 and saved.dtype != torch.bool
-        try:
-            return not isinstance(saved, bool) and isinstance(saved, numbers.Real) and math.isfinite(saved)
-        except OverflowError:
-            return False
-    if isinstance(current, (tuple, list)):
-        return (
-            isinstance(saved, (tuple, list))
-            and len(saved) == len(current)
-            and all(_same_kind(s, c) for s, c in zip(saved, current, strict=True))
-        )
-    return isinstance(saved, type(current))
-
-
-_SCALAR_BUFFERS = frozenset({"step", "eta", "mu", "mu_product"})
-"""The one-element state buffers of torch.optim's optimizers (the others are shaped like the parameter)."""
-
-
-def _fits(buffer: torch.Size, parameter: torch.Size) -> bool:
-    """A state buffer of a parameter: its shape, or (Adafactor's factors) sizes of 1 in it."""
-    return len(buffer) == len(parameter) and all(b in (p, 1) for b, p in zip(buffer, parameter, strict=True))
-
-
-def _check_wrapped_state(optimizer: Optimizer, state_dict: dict[str, Any]) -> None:
-    """Check the wrapped optimizer's part of a checkpoint before it loads (see load_state_dict)."""
-    for key in ("state", "param_groups"):
-        if key not in state_dict:
-            raise ValueError(f"state_dict lacks {key!r}: load the dict an optimizer's state_dict() returned")
-    state = check_mapping(state_dict["state"], "state_dict['state']")
-    groups = state_dict["param_groups"]
-    if not isinstance(groups, (list, tuple)) or not all(isinstance(g, Mapping) for g in groups):
-        raise TypeError(f"state_dict['param_groups'] must be a list of dicts, got {groups!r:.100}")
-    if len(groups) != len(optimizer.param_groups):
-        raise ValueError(
-            f"state_dict['param_groups'] has {len(groups)} groups, the optimizer "
-            f"{len(optimizer.param_groups)}"
-        )
-    shapes: dict[Any, torch.Size] = {}
-    for i, (saved, group) in enumerate(zip(groups, optimizer.param_groups, strict=True)):
-        where = f"state_dict['param_groups'][{i}]"
-        ids = saved.get("params")
-        if (
-            not isinstance(ids, (list, tuple))
-            or len(ids) != len(group["params"])
-            or not all(isinstance(j, int) and not isinstance(j, bool) for j in ids)
-        ):
-            raise ValueError(f"{where}['params'] must list the {len(group['params'])} ids of its parameters")
-        for key, value in group.items():
-            if key in ("params", "param_names") or (
-                key not in saved and (value is None or isinstance(value, bool))
-            ):
-                continue  # a flag missing from an older checkpoint: the optimizer fills it in
-            if key not in saved:
-                raise ValueError(f"{where} lacks the hyperparameter {key!r}")
-            if not _same_kind(saved[key], value):
-                raise TypeError(
-                    f"{where}[{key!r}] must be of the kind of {value!r:.60}, got {saved[key]!r:.60}"
-                )
-        shapes.update(zip(ids, (p.shape for p in group["params"]), strict=True))
-    builtin = type(optimizer).__module__.startswith("torch.optim") and not isinstance(
-        optimizer, torch.optim.LBFGS
-    )
-    names: set[str] | None = None
-    for key, entry in state.items():
-        where = f"state_dict['state'][{key!r:.20}]"
-        if key not in shapes:
-            raise ValueError(f"{where}: no param group lists a parameter with id {key!r:.20}")
-        entry = check_mapping(entry, where)
-        if not builtin:
-            continue
-        if names is not None and set(entry) != names:
-            raise ValueError(f"{where} has the buffers {sorted(entry)}, another parameter {sorted(names)}")
-        names = set(entry)
-        for name, value in entry.items():
-            if not isinstance(value, Tensor) or not value.is_floating_point():
-                raise TypeError(f"{where}[{name!r}] must be a floating-point tensor, got {value!r:.60}")
-            scalar = name in _SCALAR_BUFFERS
-            if value.numel() != 1 if scalar else not _fits(value.shape, shapes[key]):
-                raise ValueError(
-                    f"{where}[{name!r}] has shape {tuple(value.shape)}, its parameter {tuple(shapes[key])}"
-                )
