@@ -36,7 +36,7 @@ from torch import Tensor
 
 from ._validation import check_choice, check_real
 from .conditions import BandSelected, NonNegativeCorrection, SmallLoss
-from .noise import estimate_noise_rate, estimate_transition_matrix
+from .noise import _float64_probabilities, estimate_noise_rate, estimate_transition_matrix
 
 __all__ = ["NoiseEstimate", "confident_joint", "cross_fit", "estimate_noise"]
 
@@ -95,11 +95,7 @@ def _check_probs_labels(probs: Tensor, noisy_labels: Tensor) -> tuple[Tensor, Te
             f"noisy_labels must have one label per row of probs, shape ({n},) with n >= 1; "
             f"got shape {tuple(noisy_labels.shape)}"
         )
-    P = probs.detach().to(torch.float64).cpu()
-    if not bool(torch.isfinite(P).all()) or bool((P < 0).any()):
-        raise ValueError("probs must be finite and non-negative (pass logits.softmax(dim=1), not logits)")
-    if float((P.sum(dim=1) - 1.0).abs().max()) > 1e-4:
-        raise ValueError("every row of probs must sum to 1 (pass logits.softmax(dim=1))")
+    P = _float64_probabilities(probs).cpu()
     labels = noisy_labels.detach().cpu().long()
     if bool((labels < 0).any()) or bool((labels >= k).any()):
         raise ValueError(f"noisy_labels must lie in [0, {k - 1}] (probs has {k} columns)")

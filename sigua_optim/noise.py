@@ -152,6 +152,17 @@ def corrupt(
     return noisy, noisy == labels
 
 
+def _float64_probabilities(probs: torch.Tensor) -> torch.Tensor:
+    """``probs`` ``[n, k]`` in float64, once its entries are finite and non-negative
+    and its rows sum to 1 (softmax outputs); a ValueError naming ``probs`` otherwise."""
+    P = probs.detach().to(torch.float64)
+    if not bool(torch.isfinite(P).all()) or bool((P < 0).any()):
+        raise ValueError("probs must be finite and non-negative (pass logits.softmax(dim=1), not logits)")
+    if float((P.sum(dim=1) - 1.0).abs().max()) > 1e-4:
+        raise ValueError("every row of probs must sum to 1 (pass logits.softmax(dim=1))")
+    return P
+
+
 def estimate_transition_matrix(probs: torch.Tensor, percentile: float = 97.0) -> torch.Tensor:
     """Anchor-point estimate of ``T`` from predicted noisy-label probabilities (Patrini et al.).
 
@@ -174,11 +185,7 @@ def estimate_transition_matrix(probs: torch.Tensor, percentile: float = 97.0) ->
         raise ValueError("probs must have at least one row (one sample)")
     if not 0.0 < float(percentile) <= 100.0:
         raise ValueError(f"percentile must be in (0, 100], e.g. 97.0; got percentile={percentile!r}")
-    P = probs.detach().to(torch.float64)
-    if not bool(torch.isfinite(P).all()) or bool((P < 0).any()):
-        raise ValueError("probs must be finite and non-negative (pass softmax outputs, not logits)")
-    if float((P.sum(dim=1) - 1.0).abs().max()) > 1e-4:
-        raise ValueError("every row of probs must sum to 1 (pass logits.softmax(dim=1))")
+    P = _float64_probabilities(probs)
     threshold = torch.quantile(P, float(percentile) / 100.0, dim=0, interpolation="lower")
     masked = torch.where(threshold >= P, P, torch.full_like(P, -1.0))
     anchors = masked.argmax(dim=0)
