@@ -32,7 +32,7 @@ from benchmarks.data import Split, load_mnist_split
 from benchmarks.models import small_mlp
 from sigua_optim import SIGUAOptimizer
 from sigua_optim.conditions import BandSelected
-from sigua_optim.estimation import METHODS, estimate_noise
+from sigua_optim.estimation import METHODS, NoiseEstimate, estimate_noise
 from sigua_optim.noise import corrupt, estimate_noise_rate, pair, symmetric
 
 
@@ -94,13 +94,13 @@ def probabilities(
     return out
 
 
-def offline_rate(x: Tensor, noisy: Tensor, seed: int) -> float:
-    """The confident-joint estimate of eps from 5-fold cross-fitted models read after 5 epochs."""
+def offline_estimate(x: Tensor, noisy: Tensor, seed: int) -> NoiseEstimate:
+    """The confident-joint estimate of eps and T from 5-fold cross-fitted models read after 5 epochs."""
 
     def fit_predict(train: Tensor, test: Tensor) -> Tensor:
         return train_reading(x[train], noisy[train], x[test], [5], seed)[5]
 
-    return estimate_noise(fit_predict, noisy, generator=torch.Generator().manual_seed(seed)).eps
+    return estimate_noise(fit_predict, noisy, generator=torch.Generator().manual_seed(seed))
 
 
 def sigua_run(
@@ -139,7 +139,7 @@ def compare_sigua(args: argparse.Namespace) -> None:
                 if mode == "true":
                     rate = estimate_noise_rate(T)
                 elif mode == "offline":
-                    rate = offline_rate(split.x_train, noisy, seed)
+                    rate = offline_estimate(split.x_train, noisy, seed).eps
                 trace = sigua_run(split, noisy, rate, args.band, args.sigua_epochs, seed)
                 for epoch, (accuracy, used) in enumerate(trace, 1):
                     record = {"seed": seed, "noise": name, "mode": mode, "epoch": epoch}

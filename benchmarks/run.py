@@ -45,7 +45,7 @@ from tqdm import tqdm
 from benchmarks import report
 from benchmarks.data import DataError, Split, load_digits_split, load_mnist_split, mnist_dir
 from benchmarks.models import MODELS
-from benchmarks.noise_estimation import train_reading
+from benchmarks.noise_estimation import offline_estimate
 from sigua_optim import SIGUAOptimizer
 from sigua_optim.conditions import (
     AllGood,
@@ -54,7 +54,6 @@ from sigua_optim.conditions import (
     NonNegativeCorrection,
     SmallLoss,
 )
-from sigua_optim.estimation import estimate_noise
 from sigua_optim.losses import BackwardCorrection, class_losses
 from sigua_optim.noise import check_transition_matrix, corrupt, estimate_noise_rate, pair, symmetric
 
@@ -473,12 +472,7 @@ def given_noise(
     ``T_mae`` = mean |T_hat - T|."""
     if args.experiment == "fig1" or "estimate" not in (args.noise_rate, args.transition):
         return noise, {}
-    x = split.x_train
-
-    def fit_predict(train: torch.Tensor, test: torch.Tensor) -> torch.Tensor:
-        return train_reading(x[train], noisy[train], x[test], [5], seed)[5]
-
-    estimate = estimate_noise(fit_predict, noisy, generator=torch.Generator().manual_seed(seed))
+    estimate = offline_estimate(split.x_train, noisy, seed)
     errors = {"eps_hat": estimate.eps, "eps_err": abs(estimate.eps - noise.rate)}
     if args.transition == "estimate":
         errors["T_mae"] = float((estimate.T - noise.T).abs().mean())
