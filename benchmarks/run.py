@@ -45,7 +45,7 @@ from tqdm import tqdm
 from benchmarks import report
 from benchmarks.data import DataError, Split, load_digits_split, load_mnist_split, mnist_dir
 from benchmarks.models import MODELS
-from benchmarks.noise_estimation import offline_estimate
+from benchmarks.noise_estimation import class_dependent, offline_estimate
 from sigua_optim import SIGUAOptimizer
 from sigua_optim.conditions import (
     AllGood,
@@ -60,7 +60,10 @@ from sigua_optim.noise import check_transition_matrix, corrupt, estimate_noise_r
 SET1 = ("standard", "self-teach", "sigua-sl")
 SET2 = ("bc", "nnbc", "sigua-bc")
 EXPERIMENTS = {"all": SET1 + SET2, "sets": SET1 + SET2, "set1": SET1, "set2": SET2, "fig1": ()}
-NOISES = "sym-20, sym-50, pair-45 (any sym-<percent> / pair-<percent>) or a k x k text file"
+NOISES = (
+    "sym-20, sym-50, pair-45 (any sym-<percent> / pair-<percent>), classdep (class i flips at"
+    " 0.1 + 0.04 i, half to i + 1, half to i + 5) or a k x k text file"
+)
 CRITERIA = ("class", "sample", "total")
 # delta of Eq. 6: the authors' end-of-schedule bad-set size, eps * r with their per-dataset
 # r = 0.4, 0.3, 0.7 (docs/differences.md).
@@ -108,7 +111,9 @@ class Noise:
 
 
 def parse_noise(spec: str, k: int) -> Noise:
-    """``sym-50`` / ``pair-45`` (percent) or the path of a whitespace-separated k x k matrix."""
+    """``sym-50`` / ``pair-45`` (percent), ``classdep`` or the path of a whitespace-separated k x k matrix."""
+    if spec == "classdep":
+        return Noise(spec, class_dependent(k))
     match = re.fullmatch(r"(sym|pair)-(\d+(?:\.\d+)?)", spec)
     if match:
         eps = float(match[2]) / 100
