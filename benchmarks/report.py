@@ -117,18 +117,27 @@ def _last(records: Sequence[Record], metric: str, last: int = 10) -> dict[tuple[
 
 
 def noise_estimates(records: Sequence[Record]) -> list[str]:
-    """One line per noise with an estimate (``--noise-rate estimate`` / ``--transition estimate``):
-    eps_hat, |eps_hat - eps| and the mean |T_hat - T|, mean (std) over the seeds."""
-    per_run = {(r["noise"], r["seed"]): r for r in records if "eps_hat" in r}
+    """One line per noise and estimate: offline (``--noise-rate estimate`` / ``--transition
+    estimate``: eps_hat, |eps_hat - eps|, the mean |T_hat - T|) and online (``--noise-rate auto``:
+    the last epoch's eps_hat and its error), mean (std) over the seeds."""
     lines = []
-    for noise in _ordered(n for n, _ in per_run):
-        runs = [r for (n, _), r in per_run.items() if n == noise]
-        parts = [
-            f"{label} {np.mean(values):.3f} ({np.std(values):.3f})"
-            for label, key in (("eps_hat", "eps_hat"), ("|eps_hat - eps|", "eps_err"), ("T MAE", "T_mae"))
-            if (values := [r[key] for r in runs if key in r])
-        ]
-        lines.append(f"- {noise}: noise estimated offline over {len(runs)} seed(s): {', '.join(parts)}")
+    for kind, key in (("offline", "eps_hat"), ("online (noise_rate='auto', last epoch)", "eps_online")):
+        last = {(r["noise"], r["seed"]): r for r in records if key in r}  # a run's last record
+        runs = {
+            (n, s): {**r, "eps_hat": r[key], "eps_err": abs(r[key] - r["eps"])} for (n, s), r in last.items()
+        }
+        for noise in _ordered(n for n, _ in runs):
+            seeds = [r for (n, _), r in runs.items() if n == noise]
+            parts = [
+                f"{label} {np.mean(values):.3f} ({np.std(values):.3f})"
+                for label, name in (
+                    ("eps_hat", "eps_hat"),
+                    ("|eps_hat - eps|", "eps_err"),
+                    ("T MAE", "T_mae"),
+                )
+                if (values := [r[name] for r in seeds if name in r])
+            ]
+            lines.append(f"- {noise}: noise estimated {kind} over {len(seeds)} seed(s): {', '.join(parts)}")
     return lines
 
 

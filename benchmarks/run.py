@@ -341,6 +341,8 @@ def train(
         opt.set_epoch(epoch)
         lr = opt.param_groups[0]["lr"]
         metrics = evaluate(model, task, train_epoch(model, opt, task))
+        if getattr(opt.condition, "estimator", None) is not None:  # noise_rate="auto": this epoch's eps_hat
+            metrics["eps_online"] = opt.condition.noise_rate
         emit(epoch + 1, {"lr": lr, **metrics})
         task.bar.update()
         if scheduler is not None:
@@ -464,7 +466,7 @@ def run_experiment(args: argparse.Namespace, sink: TextIO, bar: tqdm[Any]) -> No
             task = Task(split, noisy, clean, None, False, False, args.batch_size, torch.Generator(), bar)
             base = {"experiment": args.experiment, "dataset": args.dataset,
                     "model": args.model, "noise": noise.name, "seed": seed,
-                    "classes": split.num_classes}  # fmt: skip
+                    "classes": split.num_classes, "eps": noise.rate}  # fmt: skip
             used, errors = given_noise(args, split, noisy, noise, seed)
             runner(args, task, used, seed, recorder.emitter({**base, **errors}))
 

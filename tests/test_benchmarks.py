@@ -269,3 +269,23 @@ def test_estimated_noise_is_given_to_the_methods_and_recorded(tmp_path: Path) ->
     estimated = run.Noise("sym-50", noise.T, eps=0.42)
     assert recipe("estimate", estimated).condition.noise_rate == 0.42  # type: ignore[attr-defined]
     assert recipe("true", noise).condition.noise_rate == 0.5  # type: ignore[attr-defined]
+
+
+def test_online_estimate_is_recorded_each_epoch(tmp_path: Path) -> None:
+    """--noise-rate auto: every record carries the eps_hat used in its epoch and the true eps;
+    the printed table reports the last epoch's estimate and its error."""
+    argv = ["set1", "--smoke", "--methods", "sigua-sl", "--noise-rate", "auto", "--out", str(tmp_path)]
+    assert run.main([*argv, "--warmup", "2"]) == 0
+    records = report.read_records(tmp_path / "results.jsonl")
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4]
+    assert records[0]["eps_online"] == 0.0  # no fit before the first epoch's losses
+    assert 0.0 < records[1]["eps_online"] < 0.9 and records[2]["eps_online"] == records[3]["eps_online"]  # frozen
+    assert all(r["eps"] == 0.5 for r in records)
+    error = abs(records[-1]["eps_online"] - 0.5)
+    assert f"|eps_hat - eps| {error:.3f}" in (tmp_path / "table.md").read_text()
+
+
+def test_classdep_noise_is_the_class_dependent_matrix() -> None:
+    noise = run.parse_noise("classdep", 10)
+    assert noise.name == "classdep" and torch.allclose(noise.T.sum(dim=1), torch.ones(10, dtype=torch.float64))
+    assert noise.T[0, 0] == 0.9 and noise.T[9, 9] == pytest.approx(1 - 0.46)
