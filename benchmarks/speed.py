@@ -716,6 +716,7 @@ def model_table(rounds: dict[str, int], device: str = "cpu") -> list[dict[str, A
         ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
         ratios = {k: paired_ratio(times[k], times["plain"]) for k in steps if k != "plain"}
         own_ms = {k: statistics.median(clock.own[warmup:]) * 1e3 for k, clock in clocks.items()}
+        pass_ms = {k: statistics.median(clock.grad_pass[warmup:]) * 1e3 for k, clock in clocks.items()}
         rows.append(
             {
                 "device": device,
@@ -724,12 +725,16 @@ def model_table(rounds: dict[str, int], device: str = "cpu") -> list[dict[str, A
                 "ms": ms,
                 "ratios": ratios,
                 "sigua_own_ms": own_ms,
+                "sigua_grad_pass_ms": pass_ms,
             }
         )
         cells = ", ".join(
             f"{k} {ms[k]:,.1f} ms (x{r[0]:.4f}, 90% CI {r[1]:.4f}-{r[2]:.4f})" for k, r in ratios.items()
         )
-        owns = ", ".join(f"{k} {v:.3f} ms ({v / ms['plain']:.3%} of a plain step)" for k, v in own_ms.items())
+        owns = ", ".join(
+            f"{k} {v:.3f} ms ({v / ms['plain']:.3%} of a plain step; gradient pass {pass_ms[k]:.3f} ms)"
+            for k, v in own_ms.items()
+        )
         print(
             f"{name:>18} ({device}): plain {ms['plain']:,.1f} ms, {cells}; SIGUA's own time in its "
             f"steps: {owns}; {count} rounds"
