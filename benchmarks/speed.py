@@ -19,7 +19,7 @@
 5. SIGUA's own host time inside real steps (``--host mlp=300,cnn9=5``): the time of
    ``opt.step(losses)`` less the backward and the wrapped optimizer's step it runs, and the aten
    operators dispatched per step (``torch.profiler``), plain step against SIGUA's.
-6. Realistic models and the alternatives (``--models mlp=30,cnn9=3,resnet18=3,bert=2``): the
+6. Realistic models and the alternatives (``--models mlp=30,cnn9=3,resnet18=2,bert=2``): the
    plain step, SIGUA's, the authors' (their selection, then backward and step) and Co-teaching's
    two-network step on the Figure-1 MLP, the 9-layer CNN and a ResNet-18 at batch 128, and a
    BERT-base encoder from its config at 32 x 128 tokens (per-sequence and per-token losses;
@@ -789,7 +789,7 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="table 6, realistic models and the alternatives: MODEL=ROUNDS,... of mlp, cnn9, resnet18, "
         "bert (default none; --quick mlp=2). A ResNet-18 step takes ~13 s and a BERT-base one ~70 s "
-        "on one CPU thread: resnet18=3,bert=2 takes ~12 min",
+        "on one CPU thread: resnet18=2,bert=2 takes ~12 min",
     )
     parser.add_argument("--out", type=Path, default=Path("results/speed.json"))
     parser.add_argument(
