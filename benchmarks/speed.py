@@ -514,6 +514,16 @@ CASES: dict[str, tuple[str, Callable[[str], Case]]] = {
 }
 
 
+def _case(key: str, device: str) -> tuple[str, Case | None]:
+    """The name and the case of ``CASES[key]``; None, said, when its library is missing."""
+    name, make = CASES[key]
+    try:
+        return name, make(device)
+    except ImportError as error:
+        print(f"{name:>18}: skipped ({error}; pip install 'sigua-optim[integrations]' brings transformers)")
+        return name, None
+
+
 def _plain_step(case: Case, opt: torch.optim.Optimizer) -> None:
     opt.zero_grad()
     case.plain_loss(case.model).backward()  # type: ignore[no-untyped-call]
@@ -598,10 +608,12 @@ def host_time(rounds: dict[str, int], device: str = "cpu") -> list[dict[str, Any
     """
     rows = []
     for key, count in rounds.items():
-        name, make = CASES[key]
-        case = make(device)
+        name, case = _case(key, device)
+        if case is None:
+            continue
         plain = torch.optim.SGD(case.model.parameters(), lr=0.01, momentum=0.9)
-        clocks = {policy: InStep(_sigua(plain, policy), case) for policy in ("raise", "unchecked")}
+        variant = next(iter(case.per_sample))  # BERT: per sequence
+        clocks = {policy: InStep(_sigua(plain, policy), case, variant) for policy in ("raise", "unchecked")}
         steps: dict[str, Callable[[], Any]] = {
             "plain": partial(_plain_step, case, plain),
             "SIGUA": clocks["raise"],
@@ -678,13 +690,8 @@ def model_table(rounds: dict[str, int], device: str = "cpu") -> list[dict[str, A
     """
     rows = []
     for key, count in rounds.items():
-        name, make = CASES[key]
-        try:
-            case = make(device)
-        except ImportError as error:
-            print(
-                f"{name:>18}: skipped ({error}; pip install 'sigua-optim[integrations]' brings transformers)"
-            )
+        name, case = _case(key, device)
+        if case is None:
             continue
         plain = torch.optim.SGD(case.model.parameters(), lr=0.01, momentum=0.9)
         sigua = _sigua(plain)
