@@ -9,6 +9,11 @@
   Linear(128, k), BatchNorm + LeakyReLU(0.01) after every conv, no input normalisation; dropout is a normal
   ``nn.Dropout``, so it is off in ``eval()`` mode. Needs square images of side >= 28.
 * ``small_mlp``: in-[Lin(256)-ReLU]x2-Lin(k), for the digits default and quick MNIST runs.
+* ``resnet18``: ResNet-18 (He et al., 2016) for 32 x 32 images as on CIFAR: a 3x3 stem of 64
+  channels without max-pool, four stages of two BasicBlocks (64, 128, 256, 512 channels, stride 2
+  from the second stage on, 1x1 projection shortcuts where the shape changes), global average
+  pool, Linear(512, k); 11.2M parameters. Used by the speed benchmark only (not in ``MODELS``:
+  the runner's data are grey-scale).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import math
 from collections.abc import Callable
 from functools import partial
 
+import torch
 from torch import nn
 
 
@@ -67,6 +73,41 @@ def cnn9(in_features: int = 784, num_classes: int = 10, channels: int = 1) -> nn
         nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         nn.Linear(128, num_classes),
     )  # fmt: skip
+
+
+class BasicBlock(nn.Module):
+    """relu(bn(conv3x3(relu(bn(conv3x3(x))))) + shortcut(x)), the shortcut a 1x1 conv + BN where
+    the stride or the channels change."""
+
+    def __init__(self, n_in: int, n_out: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(n_in, n_out, 3, stride, 1, bias=False), nn.BatchNorm2d(n_out), nn.ReLU(),
+            nn.Conv2d(n_out, n_out, 3, 1, 1, bias=False), nn.BatchNorm2d(n_out),
+        )  # fmt: skip
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or n_in != n_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(n_in, n_out, 1, stride, bias=False), nn.BatchNorm2d(n_out)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+def resnet18(in_features: int = 3 * 32 * 32, num_classes: int = 10, channels: int = 3) -> nn.Sequential:
+    side = math.isqrt(in_features // channels)
+    if side * side * channels != in_features:
+        raise ValueError(f"resnet18 needs square images of {channels} channels; got {in_features} features")
+    layers: list[nn.Module] = [
+        nn.Unflatten(1, (channels, side, side)),
+        nn.Conv2d(channels, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+    ]  # fmt: skip
+    n_in = 64
+    for n_out, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        layers += [BasicBlock(n_in, n_out, stride), BasicBlock(n_out, n_out, 1)]
+        n_in = n_out
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, num_classes))
 
 
 MODELS: dict[str, Callable[[int, int], nn.Module]] = {

@@ -1,6 +1,7 @@
 """Speed and memory of SIGUA's selection, reduction and step, side by side in one run.
 
-``python -m benchmarks.speed [--sizes 128,1024,...] [--quick] [--out results/speed.json]``
+``python -m benchmarks.speed [--sizes 128,1024,...] [--tables ...] [--host ...] [--models ...] [--quick]
+[--out results/speed.json]``
 
 1. Selection + reduction (forward: masks and the objective of Eq. 3) against n, for SmallLoss,
    BandSelected and NonNegativeCorrection: ours eager and ``torch.compile``d, against the literal
@@ -15,6 +16,14 @@
 4. On a GPU (``--devices cuda``): tables 1-2 there (steps timed in blocks of 20, also with
    ``nonfinite="unchecked"`` and captured in CUDA graphs), kernel launches counted with the
    profiler, the host time of the loss by operator, and peak GPU memory.
+5. SIGUA's own host time inside real steps (``--host mlp=300,cnn9=5``): the time of
+   ``opt.step(losses)`` less the backward and the wrapped optimizer's step it runs, and the aten
+   operators dispatched per step (``torch.profiler``), plain step against SIGUA's.
+6. Realistic models and the alternatives (``--models mlp=30,cnn9=3,resnet18=2,bert=2``): the
+   plain step, SIGUA's, the authors' (their selection, then backward and step) and Co-teaching's
+   two-network step on the Figure-1 MLP, the 9-layer CNN and a ResNet-18 at batch 128, and a
+   BERT-base encoder from its config at 32 x 128 tokens (per-sequence and per-token losses;
+   needs ``transformers``, the ``integrations`` extra, and is skipped without it).
 
 Every timing is a median over repeats in which the contenders take turns (interleaved), after a
 warm-up. Tables are printed; all numbers go to a JSON file.
@@ -34,13 +43,13 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.models import cnn9, deep_mlp
+from benchmarks.models import cnn9, deep_mlp, resnet18
 from sigua_optim import SIGUAOptimizer, _guard, functional
 from sigua_optim.conditions import BandSelected, NonNegativeCorrection, SmallLoss
 from sigua_optim.losses import BackwardCorrection
@@ -437,16 +446,357 @@ def cuda_extras() -> dict[str, Any]:
     return extras
 
 
+# -- the models of tables 5 and 6 ---------------------------------------------------------------
+PerSample = Callable[[torch.nn.Module], tuple[torch.Tensor, dict[str, Any]]]
+
+
+class Case(NamedTuple):
+    """A model on one batch: the scalar a plain step back-propagates, and SIGUA's per-sample
+    losses with their named inputs, by variant ("" for a classifier; per sequence, per token)."""
+
+    model: torch.nn.Module
+    plain_loss: Callable[[torch.nn.Module], torch.Tensor]
+    per_sample: dict[str, PerSample]
+
+
+def _classifier(build: Callable[[], torch.nn.Module], features: int, device: str) -> Case:
+    """A classifier on 128 random inputs of ``features`` values, 10 classes."""
+    torch.manual_seed(0)
+    model = build().to(device)
+    generator = torch.Generator().manual_seed(1)
+    x = torch.rand(128, features, generator=generator).to(device)
+    y = torch.randint(0, 10, (128,), generator=generator).to(device)
+    return Case(
+        model,
+        lambda m: F.cross_entropy(m(x), y),
+        {"": lambda m: (F.cross_entropy(m(x), y, reduction="none"), {})},
+    )
+
+
+def _bert(device: str) -> Case:
+    """BERT-base (``BertConfig()``: 12 layers, hidden 768, 12 heads, 30,522 tokens; 110M
+    parameters) with its masked-LM head predicting every real token of 32 sequences of 128
+    tokens, the last 0-64 of each padding. Plain: the mean token loss. SIGUA per sequence:
+    ``functional.sequence_losses`` (32 losses); per token: the ``[32, 128]`` token losses with
+    ``valid=`` (4,096 losses, the padding masked out)."""
+    from transformers import BertConfig, BertForMaskedLM  # the "integrations" extra
+
+    torch.manual_seed(0)
+    config = BertConfig()
+    model: torch.nn.Module = BertForMaskedLM(config)
+    model.to(device)
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, config.vocab_size, (32, 128), generator=generator).to(device)
+    valid = (torch.arange(128) < torch.randint(64, 129, (32, 1), generator=generator)).to(device)
+    labels = ids.masked_fill(~valid, -100).flatten()  # cross_entropy's ignore_index: padding's loss is 0
+
+    def logits(m: torch.nn.Module) -> torch.Tensor:
+        return m(input_ids=ids, attention_mask=valid.long()).logits.flatten(0, 1)  # type: ignore[no-any-return]
+
+    def token_losses(m: torch.nn.Module) -> torch.Tensor:
+        return F.cross_entropy(logits(m), labels, reduction="none").view(32, 128)
+
+    return Case(
+        model,
+        lambda m: F.cross_entropy(logits(m), labels),
+        {
+            "per sequence": lambda m: (functional.sequence_losses(token_losses(m), valid), {}),
+            "per token": lambda m: (token_losses(m), {"valid": valid}),
+        },
+    )
+
+
+CASES: dict[str, tuple[str, Callable[[str], Case]]] = {
+    "mlp": ("deep MLP (Fig. 1)", partial(_classifier, deep_mlp, 784)),
+    "cnn9": ("9-layer CNN", partial(_classifier, cnn9, 784)),
+    "resnet18": ("ResNet-18 32x32", partial(_classifier, resnet18, 3 * 32 * 32)),
+    "bert": ("BERT-base 32x128", _bert),
+}
+
+
+def _case(key: str, device: str) -> tuple[str, Case | None]:
+    """The name and the case of ``CASES[key]``; None, said, when its library is missing."""
+    name, make = CASES[key]
+    try:
+        return name, make(device)
+    except ImportError as error:
+        print(f"{name:>18}: skipped ({error}; pip install 'sigua-optim[integrations]' brings transformers)")
+        return name, None
+
+
+def _plain_step(case: Case, opt: torch.optim.Optimizer) -> None:
+    opt.zero_grad()
+    case.plain_loss(case.model).backward()  # type: ignore[no-untyped-call]
+    opt.step()
+
+
+class InStep:
+    """SIGUA's own host time inside real steps, one sample per ``opt.step(losses)``.
+
+    ``own``: the time of the call less the backward and the wrapped optimizer's step that it
+    runs, i.e. validation, selection, Eq. 3, the record of the result and the non-finite guard.
+    ``grad_pass``: the part of it in the guard's pass over the gradients
+    (``_guard.nonfinite_grads``, a read of every gradient). Timed by wrapping
+    ``torch.autograd.backward``, the wrapped optimizer's ``step`` and that pass for the duration
+    of the call only (a ``perf_counter`` pair each, well under a microsecond).
+    """
+
+    def __init__(self, opt: SIGUAOptimizer, case: Case, variant: str = "") -> None:
+        self.opt, self.case, self.losses = opt, case, case.per_sample[variant]
+        self.own: list[float] = []
+        self.grad_pass: list[float] = []
+
+    def __call__(self) -> None:
+        """One SIGUA step on the case's batch, timed."""
+        self.opt.zero_grad()
+        losses, inputs = self.losses(self.case.model)
+        spent = {"backward": 0.0, "step": 0.0, "grad_pass": 0.0}
+
+        def timed(key: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+            def call(*args: Any, **kwargs: Any) -> Any:
+                start = time.perf_counter()
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    spent[key] += time.perf_counter() - start
+
+            return call
+
+        backward, grads_check, wrapped = torch.autograd.backward, _guard.nonfinite_grads, self.opt.optimizer
+        torch.autograd.backward = timed("backward", backward)
+        _guard.nonfinite_grads = timed("grad_pass", grads_check)
+        wrapped.step = timed("step", wrapped.step)  # type: ignore[method-assign]
+        try:
+            start = time.perf_counter()
+            self.opt.step(losses, **inputs)
+            total = time.perf_counter() - start
+        finally:
+            torch.autograd.backward, _guard.nonfinite_grads = backward, grads_check
+            del wrapped.step  # the instance attribute: the class's step again
+        self.own.append(total - spent["backward"] - spent["step"])
+        self.grad_pass.append(spent["grad_pass"])
+
+    def clear(self) -> None:
+        self.own.clear()
+        self.grad_pass.clear()
+
+
+def _sigua(opt: torch.optim.Optimizer, nonfinite: str = "raise") -> SIGUAOptimizer:
+    condition = BandSelected(EPS, BAND, warmup_epochs=0)
+    return SIGUAOptimizer(opt, condition, GAMMA, nonfinite=nonfinite)  # type: ignore[arg-type]
+
+
+# -- 5. host time inside a step, and dispatches ---------------------------------------------------
+def dispatches(step: Callable[[], Any]) -> dict[str, int]:
+    """The aten operators one call of ``step`` dispatches (torch.profiler on the CPU, after one
+    warm-up call): ``top``, those called from Python or from the autograd engine (not from inside
+    another aten operator); ``all``, with the nested ones."""
+    step()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        step()
+    aten = [e for e in profile.events() if e.name.startswith("aten::")]
+    top = [e for e in aten if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")]
+    return {"top": len(top), "all": len(aten)}
+
+
+def host_time(rounds: dict[str, int], device: str = "cpu") -> list[dict[str, Any]]:
+    """SIGUA's host time inside real steps (:class:`InStep`) and the dispatches per step.
+
+    A plain step, a SIGUA step (BandSelected, default guard) and one with
+    ``nonfinite="unchecked"`` take turns for ``rounds`` rounds on one model and SGD optimizer
+    (momentum 0.9) at batch 128, after :func:`dispatches` has run each twice (the warm-up).
+    """
+    rows = []
+    for key, count in rounds.items():
+        name, case = _case(key, device)
+        if case is None:
+            continue
+        plain = torch.optim.SGD(case.model.parameters(), lr=0.01, momentum=0.9)
+        variant = next(iter(case.per_sample))  # BERT: per sequence
+        clocks = {policy: InStep(_sigua(plain, policy), case, variant) for policy in ("raise", "unchecked")}
+        steps: dict[str, Callable[[], Any]] = {
+            "plain": partial(_plain_step, case, plain),
+            "SIGUA": clocks["raise"],
+        }
+        steps["SIGUA unchecked"] = clocks["unchecked"]
+        counts = {k: dispatches(step) for k, step in steps.items()}
+        for clock in clocks.values():
+            clock.clear()
+        times = samples(steps, count, warmup=0)
+        checked = clocks["raise"]
+        own, grad_pass = statistics.median(checked.own), statistics.median(checked.grad_pass)
+        rest = statistics.median(o - g for o, g in zip(checked.own, checked.grad_pass, strict=True))
+        unchecked = statistics.median(clocks["unchecked"].own)
+        ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+        ratios = {k: paired_ratio(times[k], times["plain"]) for k in ("SIGUA", "SIGUA unchecked")}
+        rows.append(
+            {
+                "device": device,
+                "model": name,
+                "rounds": count,
+                "dispatches": counts,
+                "own_us": own * 1e6,
+                "grad_pass_us": grad_pass * 1e6,
+                "own_without_grad_pass_us": rest * 1e6,
+                "own_unchecked_us": unchecked * 1e6,
+                "ms": ms,
+                "ratios": ratios,
+            }
+        )
+        print(
+            f"{name:>18} ({device}): aten dispatches per step (top-level / all) plain "
+            f"{counts['plain']['top']} / "
+            f"{counts['plain']['all']}, SIGUA {counts['SIGUA']['top']} / {counts['SIGUA']['all']}, "
+            f"unchecked {counts['SIGUA unchecked']['top']} / {counts['SIGUA unchecked']['all']}; SIGUA's "
+            f"own host time in a step {own * 1e6:.0f} us = gradient pass {grad_pass * 1e6:.0f} us + "
+            f"the rest {rest * 1e6:.0f} us; unchecked {unchecked * 1e6:.0f} us. Steps: plain "
+            f"{ms['plain']:.2f} ms, SIGUA {ms['SIGUA']:.2f} ms (x{ratios['SIGUA'][0]:.4f}), unchecked "
+            f"{ms['SIGUA unchecked']:.2f} ms (x{ratios['SIGUA unchecked'][0]:.4f}); {count} rounds"
+        )
+    return rows
+
+
+# -- 6. realistic models, and what users would run instead ---------------------------------------
+def coteaching_step(
+    losses: tuple[torch.Tensor, torch.Tensor],
+    optimizers: tuple[torch.optim.Optimizer, torch.optim.Optimizer],
+    forget_rate: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of Co-teaching (Han et al., NeurIPS 2018) as its authors' code takes it: each
+    network keeps the ``int((1 - forget_rate) * n)`` samples of smallest loss under its own
+    losses, and its peer descends on the mean loss of those; two backwards, two optimizer steps.
+
+    ``losses``: the per-sample losses of the two networks on one batch. Returns the indices
+    each network kept (for its peer).
+    """
+    keep = int((1 - forget_rate) * losses[0].shape[0])
+    kept = (torch.argsort(losses[0].detach())[:keep], torch.argsort(losses[1].detach())[:keep])
+    for opt in optimizers:
+        opt.zero_grad()
+    losses[0][kept[1]].mean().backward()  # type: ignore[no-untyped-call]
+    losses[1][kept[0]].mean().backward()  # type: ignore[no-untyped-call]
+    for opt in optimizers:
+        opt.step()
+    return kept
+
+
+def model_table(rounds: dict[str, int], device: str = "cpu") -> list[dict[str, Any]]:
+    """Plain step and SIGUA's (BandSelected, default guard) on one model and batch, SGD with
+    momentum 0.9; on the classifiers also the authors' step (their selection, :func:`authors`,
+    then backward and step) and Co-teaching's (:func:`coteaching_step`, forget rate EPS, on two
+    copies of the model). Interleaved, paired ratios to the plain step; plain, SIGUA and the
+    authors' step share one model and optimizer. SIGUA's own host time inside its steps by
+    :class:`InStep`. One warm-up round, except for BERT (one plain step: a step takes a minute).
+    """
+    rows = []
+    for key, count in rounds.items():
+        name, case = _case(key, device)
+        if case is None:
+            continue
+        plain = torch.optim.SGD(case.model.parameters(), lr=0.01, momentum=0.9)
+        sigua = _sigua(plain)
+        clocks = {f"SIGUA {v}".rstrip(): InStep(sigua, case, v) for v in case.per_sample}
+        steps: dict[str, Callable[[], Any]] = {"plain": partial(_plain_step, case, plain), **clocks}
+        if list(case.per_sample) == [""]:
+            losses_of = case.per_sample[""]
+
+            def authors_step() -> None:
+                plain.zero_grad()  # noqa: B023
+                authors(losses_of(case.model)[0], BAND).backward()  # type: ignore[no-untyped-call]  # noqa: B023
+                plain.step()  # noqa: B023
+
+            twins = [copy.deepcopy(case.model) for _ in range(2)]
+            twin_opts = tuple(torch.optim.SGD(t.parameters(), lr=0.01, momentum=0.9) for t in twins)
+
+            def coteaching() -> None:
+                losses = (losses_of(twins[0])[0], losses_of(twins[1])[0])  # noqa: B023
+                coteaching_step(losses, twin_opts, EPS)  # type: ignore[arg-type]  # noqa: B023
+
+            steps |= {"authors": authors_step, "Co-teaching": coteaching}
+        warmup = 1
+        if key == "bert":
+            _plain_step(case, plain)
+            warmup = 0
+        for clock in clocks.values():
+            clock.clear()
+        times = samples(steps, count, warmup=warmup)
+        ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+        ratios = {k: paired_ratio(times[k], times["plain"]) for k in steps if k != "plain"}
+        own_ms = {k: statistics.median(clock.own[warmup:]) * 1e3 for k, clock in clocks.items()}
+        pass_ms = {k: statistics.median(clock.grad_pass[warmup:]) * 1e3 for k, clock in clocks.items()}
+        rows.append(
+            {
+                "device": device,
+                "model": name,
+                "rounds": count,
+                "ms": ms,
+                "ratios": ratios,
+                "sigua_own_ms": own_ms,
+                "sigua_grad_pass_ms": pass_ms,
+            }
+        )
+        cells = ", ".join(
+            f"{k} {ms[k]:,.1f} ms (x{r[0]:.4f}, 90% CI {r[1]:.4f}-{r[2]:.4f})" for k, r in ratios.items()
+        )
+        owns = ", ".join(
+            f"{k} {v:.3f} ms ({v / ms['plain']:.3%} of a plain step; gradient pass {pass_ms[k]:.3f} ms)"
+            for k, v in own_ms.items()
+        )
+        print(
+            f"{name:>18} ({device}): plain {ms['plain']:,.1f} ms, {cells}; SIGUA's own time in its "
+            f"steps: {owns}; {count} rounds"
+        )
+    return rows
+
+
+def rounds_spec(text: str) -> dict[str, int]:
+    """``"mlp=300,cnn9=3"`` -> ``{"mlp": 300, "cnn9": 3}``: models of :data:`CASES` and their rounds."""
+    rounds = {}
+    for item in filter(None, text.split(",")):
+        key, _, count = item.partition("=")
+        if key not in CASES or not count.isdigit():
+            raise argparse.ArgumentTypeError(
+                f"{item!r}: expected MODEL=ROUNDS, MODEL one of {', '.join(CASES)}"
+            )
+        rounds[key] = int(count)
+    return rounds
+
+
+TABLES = ("selection", "step", "memory", "cuda", "host", "models")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], default=list(SIZES))
-    parser.add_argument("--quick", action="store_true", help="small sizes, no compile, no CNN: a smoke run")
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes, few steps, no compile, no CNN: a smoke run"
+    )
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd contender")
     parser.add_argument(
         "--devices",
         type=lambda s: s.split(","),
         default=["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"],
         help="comma-separated (default: cpu, and cuda when a GPU is present)",
+    )
+    parser.add_argument(
+        "--tables",
+        type=lambda s: s.split(","),
+        default=list(TABLES),
+        help=f"comma-separated, of {', '.join(TABLES)} (default: all; 'models' runs what --models names)",
+    )
+    parser.add_argument(
+        "--host",
+        type=rounds_spec,
+        default=None,
+        help="table 5, SIGUA's host time in a step: MODEL=ROUNDS,... (default mlp=300; --quick mlp=5)",
+    )
+    parser.add_argument(
+        "--models",
+        type=rounds_spec,
+        default=None,
+        help="table 6, realistic models and the alternatives: MODEL=ROUNDS,... of mlp, cnn9, resnet18, "
+        "bert (default none; --quick mlp=2). A ResNet-18 step takes ~13 s and a BERT-base one ~70 s "
+        "on one CPU thread: resnet18=2,bert=2 takes ~12 min",
     )
     parser.add_argument("--out", type=Path, default=Path("results/speed.json"))
     parser.add_argument(
@@ -455,26 +805,37 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     sizes = [128, 1024] if args.quick else args.sizes
+    host = args.host if args.host is not None else {"mlp": 5 if args.quick else 300}
+    models = args.models if args.models is not None else ({"mlp": 2} if args.quick else {})
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
     print(f"torch {torch.__version__}, numpy {np.__version__}, {machine}")
-    devices = args.devices
+    devices, tables = args.devices, args.tables
     if "cuda" in devices:
         print(f"GPU: {torch.cuda.get_device_name()}")
     repeats = {"deep MLP (Fig. 1)": 5 if args.quick else 1000, "9-layer CNN": 0 if args.quick else 7}
-    selection, overhead = [], []
-    for device in devices:
-        print(f"\n1. selection + reduction on {device}, median ms")
-        selection += selection_table(sizes, not (args.quick or args.no_compile), device)
-        print(f"\n2. step overhead on {device} at batch 128, median ms per step")
-        overhead += step_overhead(repeats if device == "cpu" else {k: 100 for k in repeats}, device)
     record: dict[str, Any] = {"machine": machine, "torch": torch.__version__}
-    record |= {"selection": selection, "step": overhead}
-    if "cpu" in devices:
+    for key in ("selection", "step", "host", "models"):
+        record[key] = []
+    for device in devices:
+        if "selection" in tables:
+            print(f"\n1. selection + reduction on {device}, median ms")
+            record["selection"] += selection_table(sizes, not (args.quick or args.no_compile), device)
+        if "step" in tables:
+            print(f"\n2. step overhead on {device} at batch 128, median ms per step")
+            record["step"] += step_overhead(repeats if device == "cpu" else {k: 100 for k in repeats}, device)
+    if "cpu" in devices and "memory" in tables:
         print("\n3. peak extra memory of selection + reduction on the CPU (fresh process each)")
         record["memory"] = peak_memory(sizes)
-    if "cuda" in devices:
+    if "cuda" in devices and "cuda" in tables:
         print("\n4. CUDA")
         record["cuda"] = cuda_extras()
+    for device in devices:
+        if "host" in tables and host:
+            print(f"\n5. SIGUA's host time inside a step on {device}, batch 128")
+            record["host"] += host_time(host, device)
+        if "models" in tables and models:
+            print(f"\n6. realistic models and the alternatives on {device}, median ms per step")
+            record["models"] += model_table(models, device)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1))
     print(f"\nwrote {args.out}")

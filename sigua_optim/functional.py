@@ -98,8 +98,10 @@ def _host_array(losses: Tensor) -> np.ndarray[Any, Any] | None:
     return detached.numpy()
 
 
-def _kth_smallest(losses: Tensor, array: np.ndarray[Any, Any] | None, ks: list[int]) -> list[Tensor | float]:
-    """The k-th smallest losses, for each k of ``ks`` (ascending, each in ``[1, n]``).
+def _kth_smallest(
+    detached: Tensor, array: np.ndarray[Any, Any] | None, ks: list[int]
+) -> list[Tensor | float]:
+    """The k-th smallest of the detached losses, for each k of ``ks`` (ascending, each in ``[1, n]``).
 
     On the host: ``numpy.partition`` (a copy) at the smallest k, then each larger k by an
     in-place partition of the part right of the previous one (one partition with several kth is
@@ -107,8 +109,7 @@ def _kth_smallest(losses: Tensor, array: np.ndarray[Any, Any] | None, ks: list[i
     GPU from ``DEVICE_SORT_MIN`` losses on, one ``torch.sort`` for every k.
     """
     if array is None:
-        detached = losses.detach()
-        if losses.device.type == "cpu" or losses.shape[0] < DEVICE_SORT_MIN:
+        if detached.device.type == "cpu" or detached.shape[0] < DEVICE_SORT_MIN:
             return [torch.kthvalue(detached, k).values for k in ks]
         ordered = torch.sort(detached).values
         return [ordered[k - 1] for k in ks]
@@ -142,7 +143,7 @@ def _rank_at_most(losses: Tensor, bounds: tuple[Bound, ...], valid: Tensor | Non
     if valid is None and kernels.fusable(losses):
         return kernels.rank_masks(losses, ms)  # the count of Eq. 5 itself, in one launch
     ks = sorted({m + 1 for m in ms if 0 <= m < n})
-    kth = dict(zip(ks, _kth_smallest(losses, subset, ks), strict=True))
+    kth = dict(zip(ks, _kth_smallest(detached, subset, ks), strict=True))
     masks = []
     for m in ms:
         if m < 0:
@@ -231,8 +232,8 @@ def _lowest_k_masks(losses: Tensor, ks: list[int]) -> list[Tensor]:
     """:func:`lowest_k_mask` for each k of ``ks``, with one selection for all of them."""
     n = losses.shape[0]
     inner = sorted({k for k in ks if 0 < k < n})
-    kth = dict(zip(inner, _kth_smallest(losses, _host_array(losses), inner), strict=True))
     detached = losses.detach()
+    kth = dict(zip(inner, _kth_smallest(detached, _host_array(losses), inner), strict=True))
     masks = []
     for k in ks:
         if k >= n or k <= 0:

@@ -557,22 +557,21 @@ class SIGUAOptimizer(Optimizer):
 
     def _keep(self, objective: Tensor, chosen: Selection, losses: Tensor, inputs: dict[str, Any]) -> None:
         """Record the objective: in :attr:`last_result`, and for the guard of the next update."""
-        detached = objective.detach()
-        self.last_result = StepResult(detached, chosen.good, chosen.bad, mean_loss=self._mean(losses, inputs))
+        detached, values = objective.detach(), losses.detach()  # each detached once
+        self.last_result = StepResult(detached, chosen.good, chosen.bad, mean_loss=self._mean(values, inputs))
         if self.nonfinite != "unchecked" and objective.requires_grad:
             valid = inputs.get("valid")
-            flat = losses.detach().reshape(-1)
+            flat = values if values.ndim == 1 else values.reshape(-1)
             item = _guard.Pending(detached, flat, None if valid is None else valid.reshape(-1))
             self._pending = _guard.add(self._pending, item)
 
     @staticmethod
-    def _mean(losses: Tensor, inputs: dict[str, Any]) -> Tensor:
-        """The plain mean of the (valid) losses, detached: what a step without SIGUA would take."""
+    def _mean(values: Tensor, inputs: dict[str, Any]) -> Tensor:
+        """The plain mean of the (valid) detached losses: what a step without SIGUA would take."""
         valid = inputs.get("valid")
-        detached = losses.detach()
         if valid is None:
-            return detached.mean()
-        mean: Tensor = torch.where(valid, detached, 0.0).sum() / valid.sum().clamp_min(1)
+            return values.mean()
+        mean: Tensor = torch.where(valid, values, 0.0).sum() / valid.sum().clamp_min(1)
         return mean
 
     def _select_and_reduce(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import gzip
 import json
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from benchmarks import report, run
 from benchmarks.data import (
@@ -279,7 +281,9 @@ def test_online_estimate_is_recorded_each_epoch(tmp_path: Path) -> None:
     records = report.read_records(tmp_path / "results.jsonl")
     assert [r["epoch"] for r in records] == [1, 2, 3, 4]
     assert records[0]["eps_online"] == 0.0  # no fit before the first epoch's losses
-    assert 0.0 < records[1]["eps_online"] < 0.9 and records[2]["eps_online"] == records[3]["eps_online"]  # frozen
+    assert (
+        0.0 < records[1]["eps_online"] < 0.9 and records[2]["eps_online"] == records[3]["eps_online"]
+    )  # frozen
     assert all(r["eps"] == 0.5 for r in records)
     error = abs(records[-1]["eps_online"] - 0.5)
     assert f"|eps_hat - eps| {error:.3f}" in (tmp_path / "table.md").read_text()
@@ -287,5 +291,50 @@ def test_online_estimate_is_recorded_each_epoch(tmp_path: Path) -> None:
 
 def test_classdep_noise_is_the_class_dependent_matrix() -> None:
     noise = run.parse_noise("classdep", 10)
-    assert noise.name == "classdep" and torch.allclose(noise.T.sum(dim=1), torch.ones(10, dtype=torch.float64))
+    assert noise.name == "classdep" and torch.allclose(
+        noise.T.sum(dim=1), torch.ones(10, dtype=torch.float64)
+    )
     assert noise.T[0, 0] == 0.9 and noise.T[9, 9] == pytest.approx(1 - 0.46)
+
+
+def test_coteaching_step_updates_each_network_on_its_peers_small_losses() -> None:
+    """benchmarks.speed.coteaching_step: each network keeps its own smallest losses, and its peer
+    takes one SGD step on the mean loss of those; repeated, it trains both networks."""
+    from benchmarks.speed import coteaching_step
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 4)
+    y = (x[:, 0] > 0).long()
+    nets = (torch.nn.Linear(4, 2), torch.nn.Linear(4, 2))
+    opts = (torch.optim.SGD(nets[0].parameters(), lr=0.5), torch.optim.SGD(nets[1].parameters(), lr=0.5))
+    losses = (
+        F.cross_entropy(nets[0](x), y, reduction="none"),
+        F.cross_entropy(nets[1](x), y, reduction="none"),
+    )
+    expected = []
+    for own, peer in ((0, 1), (1, 0)):
+        kept = torch.argsort(losses[peer].detach())[:48]  # int((1 - 0.25) * 64) smallest of the peer's
+        twin = copy.deepcopy(nets[own])
+        F.cross_entropy(twin(x[kept]), y[kept]).backward()
+        expected.append([p - 0.5 * p.grad for p in twin.parameters()])
+    kept = coteaching_step(losses, opts, 0.25)
+    for own in (0, 1):
+        assert set(kept[own].tolist()) == set(
+            torch.topk(losses[own].detach(), 48, largest=False).indices.tolist()
+        )
+        for param, want in zip(nets[own].parameters(), expected[own], strict=True):
+            assert torch.allclose(param, want, atol=1e-6)
+    for _ in range(30):
+        coteaching_step(tuple(F.cross_entropy(n(x), y, reduction="none") for n in nets), opts, 0.25)  # type: ignore[arg-type]
+    with torch.no_grad():
+        assert all(float(F.cross_entropy(n(x), y)) < 0.3 for n in nets)
+
+
+def test_resnet18_shapes_and_size() -> None:
+    from benchmarks.models import resnet18
+
+    model = resnet18()
+    assert sum(p.numel() for p in model.parameters()) == 11_173_962  # the CIFAR ResNet-18's count
+    assert model(torch.rand(2, 3 * 32 * 32)).shape == (2, 10)
+    with pytest.raises(ValueError, match="square images"):
+        resnet18(1000)
