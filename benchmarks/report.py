@@ -306,7 +306,7 @@ def _interpret_sweep(records: Sequence[Record]) -> list[str]:
         def shortfall(p: Point) -> float:
             return float(np.mean([s.mean(s.best()) - s.mean(p) for s in grids.values()]))
 
-        rule = min(common, key=shortfall)
+        rule = min(sorted(common), key=shortfall)
         per_noise = ", ".join(f"{n} {s.mean(rule) - s.mean(s.best()):+.2f}" for n, s in grids.items())
         lines.append(
             f"one setting for all noises: {_name(rule)} (points from each noise's best: {per_noise})"
