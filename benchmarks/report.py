@@ -317,14 +317,15 @@ def _interpret_sweep(records: Sequence[Record]) -> list[str]:
 
 def heatmaps(records: Sequence[Record], path: Path, title: str) -> None:
     """One row per noise, one panel per T_k: band ratio x gamma, coloured by the gain over
-    Self-Teach at that T_k, annotated with the test accuracy and the gain (means over seeds)."""
+    Self-Teach at that T_k, annotated with the test accuracy and the gain (means over seeds).
+    The colours span +-(the largest gain, at least 1 point): larger losses saturate."""
     grids = sweeps(records)
     cols = max(len(s.warmups) for s in grids.values())
     fig, axes = plt.subplots(
         len(grids), cols, figsize=(3.3 * cols + 1, 3.0 * len(grids)), squeeze=False, layout="constrained"
     )
     for row, (noise, s) in enumerate(grids.items()):
-        limit = max(abs(s.gain(p).mean()) for p in s.sigua) or 1.0
+        limit = max(1.0, *(s.gain(p).mean() for p in s.sigua))
         for col, warmup in enumerate(s.warmups):
             ax = axes[row][col]
             gain = np.array([[s.gain((r, g, warmup)).mean() for g in s.gammas] for r in s.bands])
