@@ -298,7 +298,8 @@ def _interpret_sweep(records: Sequence[Record]) -> list[str]:
             f"{_neighbourhood(s, best)}",
             f"{noise}: the grid spans {s.mean(best) - s.mean(worst):.2f} points (worst: {_name(worst)}, "
             f"{s.mean(worst):.2f}%); {above} of {len(s.sigua)} points above Self-Teach at their T_k; "
-            f"best Self-Teach: T_k = {top:g}, {s.self_teach[top].mean():.2f}%",
+            f"best Self-Teach: T_k = {top:g}, {s.self_teach[top].mean():.2f}%; median std over "
+            f"seeds of a cell: {np.median([a.std() for a in s.sigua.values()]):.2f} points",
         ]
     common = set.intersection(*(set(s.sigua) for s in grids.values()))
     if len(grids) > 1 and common:
