@@ -329,7 +329,11 @@ def heatmaps(records: Sequence[Record], path: Path, title: str) -> None:
     grids = sweeps(records)
     cols = max(len(s.warmups) for s in grids.values())
     fig, axes = plt.subplots(
-        len(grids), cols, figsize=(3.3 * cols + 1, 3.0 * len(grids)), squeeze=False, layout="constrained"
+        len(grids),
+        cols,
+        figsize=(max(3.3 * cols + 1, 6.5), 3.0 * len(grids)),
+        squeeze=False,
+        layout="constrained",
     )
     for row, (noise, s) in enumerate(grids.items()):
         limit = max(1.0, *(s.gain(p).mean() for p in s.sigua))
