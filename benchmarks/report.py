@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -94,10 +95,10 @@ def plot(records: Sequence[Record], path: Path, title: str) -> None:
 
 
 def by_figure(records: Sequence[Record]) -> dict[str, list[Record]]:
-    """Records grouped by figure: ``fig1`` apart, every other experiment (set1, set2) together."""
+    """Records grouped by figure: ``fig1`` and ``sweep`` apart, set1 and set2 together."""
     groups: dict[str, list[Record]] = defaultdict(list)
     for r in records:
-        groups["fig1" if r["experiment"] == "fig1" else "sets"].append(r)
+        groups[r["experiment"] if r["experiment"] in ("fig1", "sweep") else "sets"].append(r)
     return dict(groups)
 
 
@@ -145,6 +146,8 @@ def interpret(records: Sequence[Record]) -> list[str]:
     """A few lines saying what the records show: who won and by how much, memorisation, collapses."""
     if records[0]["experiment"] == "fig1":
         return _interpret_fig1(records)
+    if records[0]["experiment"] == "sweep":
+        return _interpret_sweep(records)
     test, flipped = _last(records, "test_acc"), _last(records, "train_acc_flipped")
     k = max(int(r["classes"]) for r in records)
     lines = []
@@ -189,3 +192,177 @@ def _interpret_fig1(records: Sequence[Record]) -> list[str]:
                 f"labels fitted, {gain.mean():+.1f} points test accuracy (per-seed std {gain.std():.1f})"
             )
     return ["**What the curves show**", *(f"- {line}" for line in lines)]
+
+
+# -- the sweep: SIGUA_SL over band ratio x gamma x T_k ----------------------------------------------
+Point = tuple[float, float, float]  # (band ratio r = delta / eps, gamma, T_k)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """One noise's sweep: per-seed last-10-epoch test accuracy (%) of SIGUA_SL at each grid point
+    and of Self-Teach at each T_k, seeds in the same order."""
+
+    bands: list[float]
+    gammas: list[float]
+    warmups: list[float]
+    sigua: dict[Point, np.ndarray]
+    self_teach: dict[float, np.ndarray]
+
+    def mean(self, point: Point) -> float:
+        return float(self.sigua[point].mean())
+
+    def gain(self, point: Point) -> np.ndarray:
+        """Per seed: SIGUA_SL at ``point`` minus Self-Teach at the same T_k."""
+        gain: np.ndarray = self.sigua[point] - self.self_teach[point[2]]
+        return gain
+
+    def neighbours(self, point: Point) -> list[Point]:
+        """The grid points one step away from ``point`` along one axis."""
+        axes = (self.bands, self.gammas, self.warmups)
+        found = []
+        for axis, values in enumerate(axes):
+            i = values.index(point[axis])
+            for j in (i - 1, i + 1):
+                if 0 <= j < len(values):
+                    found.append((*point[:axis], values[j], *point[axis + 1 :]))
+        return found  # type: ignore[return-value]
+
+    def best(self) -> Point:
+        return max(self.sigua, key=self.mean)
+
+
+def sweeps(records: Sequence[Record]) -> dict[str, Sweep]:
+    """noise -> its :class:`Sweep`, from the records of ``python -m benchmarks.run sweep``."""
+    last = _last(records, "test_acc")
+    points = {(r["noise"], r["method"]): (r["band_ratio"], r["gamma"], r["warmup"]) for r in records}
+    found = {}
+    for noise in _ordered(r["noise"] for r in records):
+        mine = {p: last[key] for key, p in points.items() if key[0] == noise}
+        sigua = {p: acc for p, acc in mine.items() if p[1] is not None}
+        found[noise] = Sweep(
+            sorted({p[0] for p in sigua}),
+            sorted({p[1] for p in sigua}),
+            sorted({p[2] for p in mine}),
+            sigua,
+            {p[2]: acc for p, acc in mine.items() if p[1] is None},
+        )
+    return found
+
+
+def _name(point: Point) -> str:
+    r, gamma, warmup = point
+    return f"delta = {r:g} eps, gamma = {gamma:g}, T_k = {warmup:g}"
+
+
+def sweep_table(records: Sequence[Record]) -> str:
+    """Markdown, one table per noise: rows T_k x band ratio (and Self-Teach at each T_k), columns
+    gamma; mean (std) over seeds of the last-10-epoch test accuracy, in %."""
+    parts = []
+    for noise, s in sweeps(records).items():
+        lines = [
+            f"| {noise}: test acc. (%), last 10 epochs | "
+            + " | ".join(f"gamma = {g:g}" for g in s.gammas)
+            + " |",
+            "| --- |" + " --- |" * len(s.gammas),
+        ]
+        for warmup in s.warmups:
+            st = s.self_teach[warmup]
+            lines.append(
+                f"| T_k = {warmup:g}, Self-Teach | {st.mean():.2f} ({st.std():.2f}) |"
+                + " |" * (len(s.gammas) - 1)
+            )
+            for r in s.bands:
+                cells = [s.sigua[(r, g, warmup)] for g in s.gammas]
+                lines.append(
+                    f"| T_k = {warmup:g}, delta = {r:g} eps | "
+                    + " | ".join(f"{c.mean():.2f} ({c.std():.2f})" for c in cells)
+                    + " |"
+                )
+        parts.append("\n".join(lines))
+    seeds = len({r["seed"] for r in records})
+    return "\n\n".join(parts) + f"\n\n{seeds} seed(s); std over seeds (numpy's, ddof=0)."
+
+
+def _neighbourhood(s: Sweep, point: Point) -> str:
+    """How the grid cells one step from ``point`` compare with it."""
+    changes = [s.mean(p) - s.mean(point) for p in s.neighbours(point)]
+    return (
+        f"its {len(changes)} neighbouring cells differ from it by {min(changes):+.2f} to "
+        f"{max(changes):+.2f} points (mean {np.mean(changes):+.2f})"
+    )
+
+
+def _smoothed(grids: Iterable[Sweep], point: Point) -> float:
+    """The mean over ``grids`` of the mean accuracy of ``point`` and its neighbouring cells."""
+    return float(np.mean([np.mean([s.mean(p) for p in (point, *s.neighbours(point))]) for s in grids]))
+
+
+def _interpret_sweep(records: Sequence[Record]) -> list[str]:
+    grids = sweeps(records)
+    lines = []
+    for noise, s in grids.items():
+        best, worst = s.best(), min(s.sigua, key=s.mean)
+        gain = s.gain(best)
+        above = sum(s.gain(p).mean() > 0 for p in s.sigua)
+        top = max(s.self_teach, key=lambda w: s.self_teach[w].mean())
+        lines += [
+            f"{noise}: best SIGUA_SL {_name(best)}: {s.mean(best):.2f}%, {gain.mean():+.2f} points over "
+            f"Self-Teach at its T_k (ahead on {int((gain > 0).sum())} of {len(gain)} seeds); "
+            f"{_neighbourhood(s, best)}",
+            f"{noise}: the grid spans {s.mean(best) - s.mean(worst):.2f} points (worst: {_name(worst)}, "
+            f"{s.mean(worst):.2f}%); {above} of {len(s.sigua)} points above Self-Teach at their T_k; "
+            f"best Self-Teach: T_k = {top:g}, {s.self_teach[top].mean():.2f}%; median std over "
+            f"seeds of a cell: {np.median([a.std() for a in s.sigua.values()]):.2f} points",
+        ]
+    common = set.intersection(*(set(s.sigua) for s in grids.values()))
+    if common:
+        rule = max(sorted(common), key=lambda p: _smoothed(grids.values(), p))
+        per_noise = ", ".join(
+            f"{n} {s.mean(rule):.2f}% ({s.mean(rule) - s.mean(s.best()):+.2f} from its best, "
+            f"{s.gain(rule).mean():+.2f} over Self-Teach)"
+            for n, s in grids.items()
+        )
+        lines.append(
+            f"robust setting: {_name(rule)}, the best mean over the noises of the accuracy averaged "
+            f"over a cell and its neighbouring cells (so not beside a collapse): {per_noise}"
+        )
+        lines += [f"{noise}: at the robust setting {_neighbourhood(s, rule)}" for noise, s in grids.items()]
+    return ["**What the grid shows**", *(f"- {line}" for line in lines)]
+
+
+def heatmaps(records: Sequence[Record], path: Path, title: str) -> None:
+    """One row per noise, one panel per T_k: band ratio x gamma, coloured by the gain over
+    Self-Teach at that T_k, annotated with the test accuracy and the gain (means over seeds).
+    The colours span +-(the largest gain, at least 1 point): larger losses saturate."""
+    grids = sweeps(records)
+    cols = max(len(s.warmups) for s in grids.values())
+    fig, axes = plt.subplots(
+        len(grids),
+        cols,
+        figsize=(max(3.3 * cols + 1, 6.5), 3.0 * len(grids)),
+        squeeze=False,
+        layout="constrained",
+    )
+    for row, (noise, s) in enumerate(grids.items()):
+        limit = max(1.0, *(s.gain(p).mean() for p in s.sigua))
+        for col, warmup in enumerate(s.warmups):
+            ax = axes[row][col]
+            gain = np.array([[s.gain((r, g, warmup)).mean() for g in s.gammas] for r in s.bands])
+            image = ax.imshow(gain, cmap="RdBu", vmin=-limit, vmax=limit, origin="lower", aspect="auto")
+            for i, r in enumerate(s.bands):
+                for j, g in enumerate(s.gammas):
+                    color = "white" if abs(gain[i, j]) > 0.6 * limit else "black"
+                    text = f"{s.mean((r, g, warmup)):.1f}\n{gain[i, j]:+.1f}"
+                    ax.text(j, i, text, ha="center", va="center", fontsize=8, color=color)
+            ax.set_xticks(range(len(s.gammas)), [f"{g:g}" for g in s.gammas])
+            ax.set_yticks(range(len(s.bands)), [f"{r:g}" for r in s.bands])
+            ax.set_xlabel(r"$\gamma$")
+            ax.set_ylabel(r"$\delta / \epsilon$")
+            ax.set_title(
+                f"{noise}, $T_k$ = {warmup:g}\nSelf-Teach {s.self_teach[warmup].mean():.1f}%", fontsize=9
+            )
+        fig.colorbar(image, ax=list(axes[row]), label="gain over Self-Teach (points)", shrink=0.9)
+    fig.suptitle(f"{title}\ncells: test acc. (%), gain over Self-Teach; last 10 epochs, mean over seeds")
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

@@ -1,4 +1,4 @@
-"""Reproduce SIGUA's experiments: ``python -m benchmarks.run [all|sets|set1|set2|fig1] [options]``.
+"""Reproduce SIGUA's experiments: ``python -m benchmarks.run [all|sets|set1|set2|fig1|sweep] [options]``.
 
 * ``fig1``: Figure 1's oracle shift: every sample good until ``--shift`` (default: half the
   epochs), then ``KnownClean`` (good = truly clean, bad = flipped) with each of ``--gammas``
@@ -12,6 +12,9 @@
   gamma 1.0, the class-level criterion (``criterion="class"``).
 * ``sets``: the six methods of set1 and set2.
 * ``all`` (default): ``fig1`` then ``sets``, with the interpretation printed beside the table.
+* ``sweep``: SIGUA_SL with the set1 recipe over the grid ``--bands`` (delta = r * eps) x
+  ``--gammas`` x ``--warmups`` (T_k), and Self-Teach at each T_k as the baseline; heat-maps of the
+  test accuracy, one panel per noise and T_k.
 
 ``--paper-recipe`` switches to the paper's settings where the defaults differ: set2 with Adam
 betas (0.9, 0.1) and the authors' per-sample criterion, fig1 with gammas 0 and 0.001.
@@ -59,7 +62,7 @@ from sigua_optim.noise import check_transition_matrix, corrupt, estimate_noise_r
 
 SET1 = ("standard", "self-teach", "sigua-sl")
 SET2 = ("bc", "nnbc", "sigua-bc")
-EXPERIMENTS = {"all": SET1 + SET2, "sets": SET1 + SET2, "set1": SET1, "set2": SET2, "fig1": ()}
+EXPERIMENTS = {"all": SET1 + SET2, "sets": SET1 + SET2, "set1": SET1, "set2": SET2, "fig1": (), "sweep": ()}
 NOISES = (
     "sym-20, sym-50, pair-45 (any sym-<percent> / pair-<percent>), classdep (class i flips at"
     " 0.1 + 0.04 i, half to i + 1, half to i + 5) or a k x k text file"
@@ -154,10 +157,24 @@ def _noise_rate(text: str) -> str | float:
     return text if text in ("true", "estimate", "auto") else _fraction(text)
 
 
+def _ratio(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"band ratio {text} is not in [0, 1]: delta = ratio * eps")
+    return value
+
+
 def _gamma(text: str) -> float:
     value = float(text)
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"gamma {text} is not in [0, 1]: e.g. 0.01")
+    return value
+
+
+def _epochs(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"T_k {text} is not a number of epochs >= 0")
     return value
 
 
@@ -183,7 +200,12 @@ def build_parser() -> Parser:
                    "to the BC methods: true (default) or estimate (as --noise-rate estimate)")  # fmt: skip
     p.add_argument("--methods", type=_comma_list(_method), help="default: all of the experiment")
     p.add_argument("--gammas", type=_comma_list(_gamma), help="fig1: one run per gamma after "
-                   "the shift (default 0,0.01; paper 0,0.001)")  # fmt: skip
+                   "the shift (default 0,0.01; paper 0,0.001); sweep: the gammas of the grid "
+                   "(default 0.001,0.01,0.1)")  # fmt: skip
+    p.add_argument("--bands", type=_comma_list(_ratio), help="sweep: the bands of the grid as "
+                   "ratios r of eps, delta = r * eps (default 0.1,0.3,0.7)")  # fmt: skip
+    p.add_argument("--warmups", type=_comma_list(_epochs), help="sweep: the T_k of the grid "
+                   "(default 5,10,20)")  # fmt: skip
     p.add_argument("--gamma", type=_gamma, help="set1/set2 gamma (default 0.01, 0.001 for pair "
                    "noise in set1; 1.0 in set2)")  # fmt: skip
     p.add_argument("--criterion", choices=CRITERIA, help="nnBC/SIGUA_BC criterion (default "
@@ -225,7 +247,12 @@ def resolve(args: argparse.Namespace, experiment: str) -> argparse.Namespace:
     args.model = args.model or ("deep-mlp-128" if digits_fig1 else "deep-mlp" if fig1 else "small-mlp")
     args.noise = args.noise or (["sym-80"] if fig1 else ["sym-50"])
     args.methods = args.methods or list(EXPERIMENTS[experiment])
-    args.gammas = args.gammas or [0.0, 0.001 if args.paper_recipe else 0.01]
+    sweep = experiment == "sweep"
+    args.gammas = args.gammas or (
+        [0.001, 0.01, 0.1] if sweep else [0.0, 0.001 if args.paper_recipe else 0.01]
+    )
+    args.bands = args.bands or [0.1, 0.3, 0.7]
+    args.warmups = args.warmups or [5.0, 10.0, 20.0]
     args.beta2 = args.beta2 if args.beta2 is not None else 0.1 if args.paper_recipe else 0.999
     args.criterion = args.criterion or ("sample" if args.paper_recipe else "class")
     return args
@@ -397,6 +424,31 @@ def run_sets(args: argparse.Namespace, task: Task, noise: Noise, seed: int, emit
         train(model, opt, scheduler, method_task, range(args.epochs), partial(emit, method))
 
 
+def run_sweep(args: argparse.Namespace, task: Task, noise: Noise, seed: int, emit: Emit) -> None:
+    """Per T_k: Self-Teach, then SIGUA_SL at each band ratio r (delta = r * eps) and gamma, each a
+    set1 run; the records carry ``band_ratio`` (0 for Self-Teach), ``gamma`` (None for
+    Self-Teach) and ``warmup``."""
+    eps = noise.rate if args.noise_rate in ("true", "estimate") else float(args.noise_rate)
+    for warmup in args.warmups:
+        grid = [("self-teach", 0.0, None)] + [("sigua-sl", r, g) for r in args.bands for g in args.gammas]
+        for method, ratio, gamma in grid:
+            name = f"{method} Tk={warmup:g}" + ("" if gamma is None else f" r={ratio:g} gamma={gamma:g}")
+            point = argparse.Namespace(
+                **{**vars(args), "methods": [method], "band": ratio * eps, "gamma": gamma, "warmup": warmup}
+            )
+            fields = {"band_ratio": ratio, "gamma": gamma, "warmup": warmup}
+            run_sets(point, task, noise, seed, _renamed(emit, name, fields))
+
+
+def _renamed(emit: Emit, name: str, fields: dict[str, Any]) -> Emit:
+    """``emit`` under the method name ``name``, with ``fields`` added to every record."""
+
+    def renamed(_: str, epoch: int, metrics: dict[str, Any]) -> None:
+        emit(name, epoch, {**fields, **metrics})
+
+    return renamed
+
+
 def run_fig1(args: argparse.Namespace, task: Task, noise: Noise, seed: int, emit: Emit) -> None:
     """All samples good until the shift, then one branch per gamma from the same state."""
     torch.manual_seed(seed)
@@ -425,6 +477,8 @@ def total_epochs(args: argparse.Namespace) -> int:
     epochs, shift, runs = int(args.epochs), int(args.shift), int(args.seeds) * len(args.noise)
     if args.experiment == "fig1":
         return runs * (shift + len(args.gammas) * (epochs - shift))
+    if args.experiment == "sweep":
+        return runs * len(args.warmups) * (1 + len(args.bands) * len(args.gammas)) * epochs
     return runs * len(args.methods) * epochs
 
 
@@ -438,6 +492,10 @@ def experiments(parser: Parser, argv: Sequence[str] | None) -> list[argparse.Nam
     args = parser.parse_args(argv)
     if args.experiment == "fig1" and args.methods:
         parser.error("fig1 compares gammas: pass --gammas 0,0.001 instead of --methods")
+    if args.experiment == "sweep" and args.methods:
+        parser.error("sweep runs Self-Teach and SIGUA_SL over --bands x --gammas x --warmups: drop --methods")
+    if args.experiment == "sweep" and args.noise_rate == "auto":
+        parser.error("sweep sets delta = r * eps: pass --noise-rate true, estimate or a fraction, not auto")
     groups = {"all": ["fig1", "set1", "set2"], "sets": ["set1", "set2"]}
     names = groups.get(args.experiment, [args.experiment])
     if args.methods:  # fig1 stays in "all" with --methods; a set without any of them goes
@@ -458,7 +516,7 @@ def experiments(parser: Parser, argv: Sequence[str] | None) -> list[argparse.Nam
 
 def run_experiment(args: argparse.Namespace, sink: TextIO, bar: tqdm[Any]) -> None:
     recorder = Recorder(sink, bar)
-    runner = run_fig1 if args.experiment == "fig1" else run_sets
+    runner = {"fig1": run_fig1, "sweep": run_sweep}.get(args.experiment, run_sets)
     for seed in range(args.seeds):
         split, noises = prepare(args, seed)
         for noise in noises:
@@ -507,8 +565,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     texts, plots = [], []
     for name, group in report.by_figure(records).items():
         plots.append(first.out / f"{name}.png")
-        report.plot(group, plots[-1], f"{name} on {first.dataset} ({group[0]['model']})")
-        tables = [report.table(group, metric) for metric in report.METRIC_TITLES]
+        title = f"{name} on {first.dataset} ({group[0]['model']})"
+        if name == "sweep":
+            report.heatmaps(group, plots[-1], title)
+            tables = [report.sweep_table(group)]
+        else:
+            report.plot(group, plots[-1], title)
+            tables = [report.table(group, metric) for metric in report.METRIC_TITLES]
         lines = [*report.interpret(group), *report.noise_estimates(group)]
         texts.append("\n\n".join([f"## {name}", *tables, "\n".join(lines)]))
     text = "\n\n".join(texts)

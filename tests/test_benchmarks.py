@@ -208,6 +208,57 @@ def test_fig1_branches_share_the_pre_shift_and_use_the_oracle(tmp_path: Path) ->
     assert stopgrad[0]["bad_fraction"] == 0.0
 
 
+def test_sweep_runs_the_grid_with_self_teach_per_warmup(tmp_path: Path) -> None:
+    """sweep: Self-Teach and SIGUA_SL at each band ratio and gamma, per T_k; delta = r * eps; the
+    records carry the point, and the heat-maps, table and interpretation are written."""
+    argv = ["sweep", "--smoke", "--epochs", "2", "--bands", "0.2,0.6", "--gammas", "0.01", "--warmups", "1"]
+    assert run.main([*argv, "--out", str(tmp_path)]) == 0
+    records = _records(tmp_path)
+    points = {(r["method"], r["band_ratio"], r["gamma"], r["warmup"]) for r in records}
+    assert points == {
+        ("self-teach Tk=1", 0.0, None, 1.0),
+        ("sigua-sl Tk=1 r=0.2 gamma=0.01", 0.2, 0.01, 1.0),
+        ("sigua-sl Tk=1 r=0.6 gamma=0.01", 0.6, 0.01, 1.0),
+    }
+    assert len(records) == 3 * 2 and {r["experiment"] for r in records} == {"sweep"}
+    bad = {r["method"]: r["bad_fraction"] for r in records if r["epoch"] == 2}  # after T_k: the band
+    assert bad["self-teach Tk=1"] == 0.0
+    assert bad["sigua-sl Tk=1 r=0.2 gamma=0.01"] == pytest.approx(0.2 * 0.5, abs=0.02)
+    assert bad["sigua-sl Tk=1 r=0.6 gamma=0.01"] == pytest.approx(0.6 * 0.5, abs=0.02)
+    assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    table = (tmp_path / "table.md").read_text()
+    assert "| T_k = 1, Self-Teach |" in table and "| T_k = 1, delta = 0.6 eps |" in table
+    assert "the grid spans" in table and "neighbouring cells differ" in table
+
+
+def test_sweep_neighbours_and_the_robust_setting() -> None:
+    """The best cell borders a collapse (r = 0.3, gamma = 0.1): the robust setting avoids it."""
+
+    def acc(r: float, g: float) -> float:
+        return 0.1 if (r, g) == (0.3, 0.1) else 0.8 - abs(r - 0.3) - g
+
+    records = [
+        {"experiment": "sweep", "noise": noise, "seed": 0, "epoch": 1, "test_acc": a, "method": name,
+         "band_ratio": r, "gamma": g, "warmup": 10.0}
+        for noise in ("sym-50", "pair-45")
+        for name, r, g, a in [("st", 0.0, None, 0.5)]
+        + [(f"sl {r} {g}", r, g, acc(r, g)) for r in (0.1, 0.3, 0.7) for g in (0.01, 0.1)]
+    ]  # fmt: skip
+    grids = report.sweeps(records)
+    sym = grids["sym-50"]
+    assert sym.best() == (0.3, 0.01, 10.0) and sym.self_teach == {10.0: pytest.approx([50.0])}
+    assert sorted(sym.neighbours((0.3, 0.01, 10.0))) == [
+        (0.1, 0.01, 10.0),
+        (0.3, 0.1, 10.0),
+        (0.7, 0.01, 10.0),
+    ]
+    lines = "\n".join(report.interpret(records))
+    # the mean of a cell and its neighbours: r = 0.1 (59, 79, 50) beats r = 0.3 (79, 59, 39, 10)
+    assert "robust setting: delta = 0.1 eps, gamma = 0.01, T_k = 10" in lines
+    assert "sym-50 59.00% (-20.00 from its best, +9.00 over Self-Teach)" in lines
+    assert "sym-50: the grid spans 69.00 points" in lines
+
+
 @pytest.mark.parametrize(
     ("argv", "hint"),
     [
@@ -217,6 +268,9 @@ def test_fig1_branches_share_the_pre_shift_and_use_the_oracle(tmp_path: Path) ->
         (["--methods", "standard,coteach"], "unknown method 'coteach'"),
         (["--dataset", "mnist", "--data-dir", "/nonexistent/mnist"], "--data-dir"),
         (["fig1", "--methods", "standard"], "--gammas"),
+        (["sweep", "--methods", "standard"], "drop --methods"),
+        (["sweep", "--noise-rate", "auto"], "not auto"),
+        (["sweep", "--bands", "0.5,1.5"], "delta = ratio * eps"),
         (["--dataset", "imagenet"], "invalid choice"),
     ],
 )
