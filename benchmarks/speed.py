@@ -40,7 +40,7 @@ import platform
 import random
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -514,14 +514,19 @@ CASES: dict[str, tuple[str, Callable[[str], Case]]] = {
 }
 
 
-def _case(key: str, device: str) -> tuple[str, Case | None]:
-    """The name and the case of ``CASES[key]``; None, said, when its library is missing."""
-    name, make = CASES[key]
-    try:
-        return name, make(device)
-    except ImportError as error:
-        print(f"{name:>18}: skipped ({error}; pip install 'sigua-optim[integrations]' brings transformers)")
-        return name, None
+def _cases(rounds: dict[str, int], device: str) -> Iterator[tuple[str, Case, int, torch.optim.SGD]]:
+    """Each model of ``rounds`` (a key of ``CASES``) with its name, case, round count and a plain
+    SGD (momentum 0.9) over its parameters; one whose library is missing is said and skipped."""
+    for key, count in rounds.items():
+        name, make = CASES[key]
+        try:
+            case = make(device)
+        except ImportError as error:
+            print(
+                f"{name:>18}: skipped ({error}; pip install 'sigua-optim[integrations]' brings transformers)"
+            )
+            continue
+        yield name, case, count, torch.optim.SGD(case.model.parameters(), lr=0.01, momentum=0.9)
 
 
 def _plain_step(case: Case, opt: torch.optim.Optimizer) -> None:
@@ -607,11 +612,7 @@ def host_time(rounds: dict[str, int], device: str = "cpu") -> list[dict[str, Any
     (momentum 0.9) at batch 128, after :func:`dispatches` has run each twice (the warm-up).
     """
     rows = []
-    for key, count in rounds.items():
-        name, case = _case(key, device)
-        if case is None:
-            continue
-        plain = torch.optim.SGD(case.model.parameters(), lr=0.01, momentum=0.9)
+    for name, case, count, plain in _cases(rounds, device):
         variant = next(iter(case.per_sample))  # BERT: per sequence
         clocks = {policy: InStep(_sigua(plain, policy), case, variant) for policy in ("raise", "unchecked")}
         steps: dict[str, Callable[[], Any]] = {
@@ -689,11 +690,7 @@ def model_table(rounds: dict[str, int], device: str = "cpu") -> list[dict[str, A
     :class:`InStep`. One warm-up round, except for BERT (one plain step: a step takes a minute).
     """
     rows = []
-    for key, count in rounds.items():
-        name, case = _case(key, device)
-        if case is None:
-            continue
-        plain = torch.optim.SGD(case.model.parameters(), lr=0.01, momentum=0.9)
+    for name, case, count, plain in _cases(rounds, device):
         sigua = _sigua(plain)
         clocks = {f"SIGUA {v}".rstrip(): InStep(sigua, case, v) for v in case.per_sample}
         steps: dict[str, Callable[[], Any]] = {"plain": partial(_plain_step, case, plain), **clocks}
@@ -714,7 +711,7 @@ def model_table(rounds: dict[str, int], device: str = "cpu") -> list[dict[str, A
 
             steps |= {"authors": authors_step, "Co-teaching": coteaching}
         warmup = 1
-        if key == "bert":
+        if name == CASES["bert"][0]:  # a BERT step takes a minute: one plain step warms up
             _plain_step(case, plain)
             warmup = 0
         for clock in clocks.values():
