@@ -211,7 +211,8 @@ def build_parser() -> Parser:
     p.add_argument("--criterion", choices=CRITERIA, help="nnBC/SIGUA_BC criterion (default "
                    "class; paper recipe: sample, the authors' code)")  # fmt: skip
     p.add_argument("--band", type=_fraction, help="SIGUA_SL delta (default: sym-20 0.08, sym-50 "
-                   f"0.15, pair-45 0.31, else {BAND_FACTOR} * eps)")  # fmt: skip
+                   f"0.15, pair-45 0.31, else {BAND_FACTOR} * eps; --noise-rate estimate: {BAND_FACTOR} * "
+                   "eps_hat)")  # fmt: skip
     p.add_argument("--warmup", type=float, default=10.0, help="T_k of Eq. 4 (default 10)")
     p.add_argument("--bc-warmup", type=float, default=0.0,
                    help="epochs of plain BC before nnBC/SIGUA_BC select (default 0, the paper)")  # fmt: skip
@@ -384,8 +385,14 @@ def set_recipe(
     lr = args.lr or 1e-3
     # "true" and "estimate" arrive in noise.rate (see given_noise); "auto" and a fraction as given
     eps: float | str = noise.rate if args.noise_rate in ("true", "estimate") else args.noise_rate
-    # delta of Eq. 6; with noise_rate="auto" it is a cap: the band used is min(delta, eps_hat)
-    band = args.band if args.band is not None else PAPER_BANDS.get(noise.name, BAND_FACTOR * noise.rate)
+    # delta of Eq. 6: the paper's for a named noise; from an offline estimate BAND_FACTOR * eps_hat,
+    # nothing of the true noise; with noise_rate="auto" a cap: the band used is min(delta, eps_hat)
+    if args.band is not None:
+        band = args.band
+    elif args.noise_rate == "estimate":
+        band = BAND_FACTOR * noise.rate
+    else:
+        band = PAPER_BANDS.get(noise.name, BAND_FACTOR * noise.rate)
     if method in SET1:
         base: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         decay_from = round(0.4 * args.epochs)

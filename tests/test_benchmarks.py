@@ -324,6 +324,8 @@ def test_estimated_noise_is_given_to_the_methods_and_recorded(tmp_path: Path) ->
     assert recipe("auto", noise).condition.noise_rate_setting == "auto"  # type: ignore[attr-defined]
     estimated = run.Noise("sym-50", noise.T, eps=0.42)
     assert recipe("estimate", estimated).condition.noise_rate == 0.42  # type: ignore[attr-defined]
+    assert recipe("estimate", estimated).condition.band == run.BAND_FACTOR * 0.42  # type: ignore[attr-defined]
+    assert recipe("true", noise).condition.band == run.PAPER_BANDS["sym-50"]  # type: ignore[attr-defined]
     assert recipe("true", noise).condition.noise_rate == 0.5  # type: ignore[attr-defined]
 
 
