@@ -124,21 +124,15 @@ def noise_estimates(records: Sequence[Record]) -> list[str]:
     lines = []
     for kind, key in (("offline", "eps_hat"), ("online (noise_rate='auto', last epoch)", "eps_online")):
         last = {(r["noise"], r["seed"]): r for r in records if key in r}  # a run's last record
-        runs = {
-            (n, s): {**r, "eps_hat": r[key], "eps_err": abs(r[key] - r["eps"])} for (n, s), r in last.items()
-        }
-        for noise in _ordered(n for n, _ in runs):
-            seeds = [r for (n, _), r in runs.items() if n == noise]
-            parts = [
-                f"{label} {np.mean(values):.3f} ({np.std(values):.3f})"
-                for label, name in (
-                    ("eps_hat", "eps_hat"),
-                    ("|eps_hat - eps|", "eps_err"),
-                    ("T MAE", "T_mae"),
-                )
-                if (values := [r[name] for r in seeds if name in r])
-            ]
-            lines.append(f"- {noise}: noise estimated {kind} over {len(seeds)} seed(s): {', '.join(parts)}")
+        for noise in _ordered(n for n, _ in last):
+            runs = [r for (n, _), r in last.items() if n == noise]
+            columns = {
+                "eps_hat": [r[key] for r in runs],
+                "|eps_hat - eps|": [abs(r[key] - r["eps"]) for r in runs],
+                "T MAE": [r["T_mae"] for r in runs if "T_mae" in r],
+            }
+            parts = [f"{label} {np.mean(v):.3f} ({np.std(v):.3f})" for label, v in columns.items() if v]
+            lines.append(f"- {noise}: noise estimated {kind} over {len(runs)} seed(s): {', '.join(parts)}")
     return lines
 
 

@@ -618,8 +618,8 @@ def host_time(rounds: dict[str, int], device: str = "cpu") -> list[dict[str, Any
         steps: dict[str, Callable[[], Any]] = {
             "plain": partial(_plain_step, case, plain),
             "SIGUA": clocks["raise"],
+            "SIGUA unchecked": clocks["unchecked"],
         }
-        steps["SIGUA unchecked"] = clocks["unchecked"]
         counts = {k: dispatches(step) for k, step in steps.items()}
         for clock in clocks.values():
             clock.clear()
@@ -762,6 +762,16 @@ def rounds_spec(text: str) -> dict[str, int]:
 TABLES = ("selection", "step", "memory", "cuda", "host", "models")
 
 
+def _tables(text: str) -> list[str]:
+    """``"host,models"`` -> the tables to run; an unknown name is an error, not skipped silently."""
+    tables = [t for t in text.split(",") if t]
+    if unknown := [t for t in tables if t not in TABLES]:
+        raise argparse.ArgumentTypeError(
+            f"unknown table(s) {', '.join(unknown)}: choose from {', '.join(TABLES)}"
+        )
+    return tables
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], default=list(SIZES))
@@ -777,7 +787,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--tables",
-        type=lambda s: s.split(","),
+        type=_tables,
         default=list(TABLES),
         help=f"comma-separated, of {', '.join(TABLES)} (default: all; 'models' runs what --models names)",
     )
