@@ -65,9 +65,9 @@ def train_reading(
     out: dict[int, Tensor] = {}
     for epoch in range(1, max(epochs) + 1):
         model.train()
-        for batch in torch.randperm(len(y)).split(batch_size):
+        for batch in torch.split(torch.randperm(len(y)), batch_size):
             opt.zero_grad()
-            F.cross_entropy(model(x[batch]), y[batch]).backward()
+            F.cross_entropy(model(x[batch]), y[batch]).backward()  # type: ignore[no-untyped-call]
             opt.step()
         if epoch in epochs:
             model.eval()
@@ -116,7 +116,7 @@ def sigua_run(
     for epoch in range(epochs):
         opt.set_epoch(epoch)
         model.train()
-        for batch in torch.randperm(len(noisy), generator=shuffle).split(128):
+        for batch in torch.split(torch.randperm(len(noisy), generator=shuffle), 128):
             opt.zero_grad()
             opt.step(F.cross_entropy(model(split.x_train[batch]), noisy[batch], reduction="none"))
         model.eval()
@@ -149,8 +149,8 @@ def compare_sigua(args: argparse.Namespace) -> None:
     print("\n| noise | noise rate | last-10-epoch test accuracy (mean over seeds) | rate used at the end |")
     print("| --- | --- | --- | --- |")
     for (name, mode), rows in table.items():
-        accs, used = zip(*rows, strict=True)
-        rates_used = ", ".join(f"{u:.3f}" for u in used)
+        accs, ends = zip(*rows, strict=True)
+        rates_used = ", ".join(f"{u:.3f}" for u in ends)
         print(f"| {name} | {mode} | {100 * sum(accs) / len(accs):.2f} | {rates_used} |")
 
 

@@ -369,7 +369,8 @@ def train(
         opt.set_epoch(epoch)
         lr = opt.param_groups[0]["lr"]
         metrics = evaluate(model, task, train_epoch(model, opt, task))
-        if getattr(opt.condition, "estimator", None) is not None:  # noise_rate="auto": this epoch's eps_hat
+        # noise_rate="auto" (SmallLoss and BandSelected): this epoch's eps_hat
+        if isinstance(opt.condition, SmallLoss) and opt.condition.estimator is not None:
             metrics["eps_online"] = opt.condition.noise_rate
         emit(epoch + 1, {"lr": lr, **metrics})
         task.bar.update()

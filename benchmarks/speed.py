@@ -40,7 +40,7 @@ import platform
 import random
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -66,7 +66,7 @@ def _synchronize() -> None:
 
 
 def samples(
-    contenders: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1
+    contenders: Mapping[str, Callable[[], Any]], repeats: int, warmup: int = 1
 ) -> dict[str, list[float]]:
     """Seconds per call of each contender over ``repeats`` rounds in which they take turns, the
     order rotated by one each round and reversed every other cycle (so that each runs in every
@@ -91,7 +91,7 @@ def samples(
     return times
 
 
-def interleaved(contenders: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+def interleaved(contenders: Mapping[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
     """Median seconds per call of each contender (see :func:`samples`)."""
     return {name: statistics.median(ts) for name, ts in samples(contenders, repeats).items()}
 
@@ -222,7 +222,7 @@ def _plain_steps(
 ) -> None:
     for _ in range(count):
         opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
+        F.cross_entropy(model(x), y).backward()  # type: ignore[no-untyped-call]
         opt.step()
 
 
@@ -246,16 +246,16 @@ def _without_grad_check(steps: Callable[[], Any]) -> None:
 
 
 def _mean_loss(logits: torch.Tensor, y: torch.Tensor) -> None:
-    F.cross_entropy(logits, y).backward()
+    F.cross_entropy(logits, y).backward()  # type: ignore[no-untyped-call]
 
 
 def _sigua_loss(opt: SIGUAOptimizer, logits: torch.Tensor, y: torch.Tensor) -> None:
-    opt.objective(F.cross_entropy(logits, y, reduction="none")).backward()
+    opt.objective(F.cross_entropy(logits, y, reduction="none")).backward()  # type: ignore[no-untyped-call]
 
 
 def _captured(step: Callable[[], Any]) -> Callable[[], Any]:
     """The replay of ``step`` captured in a CUDA graph, after three eager warm-up calls."""
-    side = torch.cuda.Stream()
+    side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         for _ in range(3):
@@ -409,7 +409,7 @@ def _kernels(fn: Callable[[], Any]) -> tuple[int, Any]:
     with torch.profiler.profile(activities=activities) as profile:
         fn()
         torch.cuda.synchronize()
-    launched = [e for e in profile.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    launched = [e for e in profile.events() if e.device_type == torch.profiler.DeviceType.CUDA]
     return len(launched), profile
 
 
@@ -421,8 +421,8 @@ def cuda_extras() -> dict[str, Any]:
     for n in (128, 1_048_576):
         losses = torch.rand(n, device="cuda").requires_grad_(True)
         extras[f"kernels_forward_n{n}"], _ = _kernels(partial(ours(condition), losses))
-        extras[f"kernels_forward_backward_n{n}"], _ = _kernels(lambda: ours(condition)(losses).backward())  # noqa: B023
-        extras[f"kernels_mean_forward_backward_n{n}"], _ = _kernels(lambda: losses.mean().backward())  # noqa: B023
+        extras[f"kernels_forward_backward_n{n}"], _ = _kernels(lambda: ours(condition)(losses).backward())  # type: ignore[no-untyped-call]  # noqa: B023
+        extras[f"kernels_mean_forward_backward_n{n}"], _ = _kernels(lambda: losses.mean().backward())  # type: ignore[no-untyped-call]  # noqa: B023
         print(
             f"kernel launches at n = {n}: BandSelected selection + reduction "
             f"{extras[f'kernels_forward_n{n}']}, with its backward "
