@@ -237,12 +237,12 @@ def _sigua_steps(
 def _without_grad_check(steps: Callable[[], Any]) -> None:
     """``steps`` with the guard's gradient check switched off: the guard judges the losses only
     (it still reads its one flag back), to isolate what checking the gradients costs."""
-    check = _guard.nonfinite_grads
-    _guard.nonfinite_grads = lambda grads: None
+    check = _guard.grad_norms
+    _guard.grad_norms = lambda grads: []
     try:
         steps()
     finally:
-        _guard.nonfinite_grads = check
+        _guard.grad_norms = check
 
 
 def _mean_loss(logits: torch.Tensor, y: torch.Tensor) -> None:
@@ -541,7 +541,7 @@ class InStep:
     ``own``: the time of the call less the backward and the wrapped optimizer's step that it
     runs, i.e. validation, selection, Eq. 3, the record of the result and the non-finite guard.
     ``grad_pass``: the part of it in the guard's pass over the gradients
-    (``_guard.nonfinite_grads``, a read of every gradient). Timed by wrapping
+    (``_guard.grad_norms``, a read of every gradient). Timed by wrapping
     ``torch.autograd.backward``, the wrapped optimizer's ``step`` and that pass for the duration
     of the call only (a ``perf_counter`` pair each, well under a microsecond).
     """
@@ -567,16 +567,16 @@ class InStep:
 
             return call
 
-        backward, grads_check, wrapped = torch.autograd.backward, _guard.nonfinite_grads, self.opt.optimizer
+        backward, grads_check, wrapped = torch.autograd.backward, _guard.grad_norms, self.opt.optimizer
         torch.autograd.backward = timed("backward", backward)
-        _guard.nonfinite_grads = timed("grad_pass", grads_check)
+        _guard.grad_norms = timed("grad_pass", grads_check)
         wrapped.step = timed("step", wrapped.step)  # type: ignore[method-assign]
         try:
             start = time.perf_counter()
             self.opt.step(losses, **inputs)
             total = time.perf_counter() - start
         finally:
-            torch.autograd.backward, _guard.nonfinite_grads = backward, grads_check
+            torch.autograd.backward, _guard.grad_norms = backward, grads_check
             del wrapped.step  # the instance attribute: the class's step again
         self.own.append(total - spent["backward"] - spent["step"])
         self.grad_pass.append(spent["grad_pass"])

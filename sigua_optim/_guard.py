@@ -53,25 +53,17 @@ def grads_of(param_groups: Iterable[dict[str, Any]]) -> list[Tensor]:
     return [p.grad for group in param_groups for p in group["params"] if p.grad is not None]
 
 
-def nonfinite_grads(grads: list[Tensor]) -> Tensor | None:
-    """A 0-d bool on the device: True when a gradient may hold a NaN or inf (None without grads).
+def grad_norms(grads: list[Tensor]) -> list[Tensor]:
+    """The gradients' 2-norms, 0-d tensors: one ``torch._foreach_norm`` per device and dtype (one
+    fused read-only pass on a GPU; on a CPU half the cost of the largest magnitude).
 
-    The gradients' 2-norms (``torch._foreach_norm``: one fused read-only pass on a GPU; on a CPU
-    half the cost of the largest magnitude) are not finite when a gradient holds a NaN or inf,
-    and also when finite gradients overflow the norm: :func:`refused` then checks each gradient
-    exactly, off the hot path.
+    A norm is not finite when its gradient holds a NaN or inf, and also when finite gradients
+    overflow it: :func:`refused` then checks each gradient exactly, off the hot path.
     """
-    if not grads:
-        return None
     groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
     for grad in grads:
         groups.setdefault((grad.device, grad.dtype), []).append(grad)
-    device = grads[0].device
-    flags = [
-        torch.stack(torch._foreach_norm(tensors)).isfinite().all().logical_not().to(device)
-        for tensors in groups.values()
-    ]
-    return flags[0] if len(flags) == 1 else torch.stack(flags).any()
+    return [norm for tensors in groups.values() for norm in torch._foreach_norm(tensors)]
 
 
 def _broken(item: Pending) -> Tensor:
@@ -89,14 +81,15 @@ def _together(flags: Tensor, group: Any) -> Tensor:
     return flags.bool()
 
 
-def hot_flag(pending: list[Pending], grads_flag: Tensor | None) -> Tensor | None:
-    """The 0-d bool of the hot path: an objective or the gradients' norm is not finite."""
-    if not pending:
-        return grads_flag
-    objectives = [item.objective for item in pending]
-    total = objectives[0] if len(objectives) == 1 else torch.stack([o.float() for o in objectives]).sum()
-    flag = total.isfinite().logical_not()
-    return flag if grads_flag is None else flag | grads_flag.to(flag.device)
+def hot_flag(pending: list[Pending], norms: list[Tensor]) -> Tensor | None:
+    """The 0-d bool of the hot path: an objective or a gradient norm is not finite (None when
+    there is nothing to check). One stack, one test, one reduction."""
+    values = [item.objective for item in pending] + norms
+    if not values:
+        return None
+    device = values[0].device
+    stacked = torch.stack([v if v.device == device else v.to(device) for v in values])
+    return stacked.isfinite().all().logical_not()
 
 
 def skip_on_device(optimizer: torch.optim.Optimizer, flag: Tensor, group: Any) -> Tensor:
@@ -111,24 +104,24 @@ def skip_on_device(optimizer: torch.optim.Optimizer, flag: Tensor, group: Any) -
 def refused(
     policy: str,
     pending: list[Pending],
-    grads_flag: Tensor | None,
+    norms: list[Tensor],
     group: Any,
     param_groups: list[dict[str, Any]],
 ) -> bool:
     """True when the update must be skipped (``policy="skip"``); raises under ``"raise"``.
 
-    ``pending``: the objectives whose gradients the update applies; ``grads_flag``: from
-    :func:`nonfinite_grads` (None when the gradients are not checked here, e.g. a GradScaler
-    checks them). A refused update leaves the parameters and the optimizer state as they were
-    and sets the gradients to None (they hold the NaN/inf).
+    ``pending``: the objectives whose gradients the update applies; ``norms``: the gradients'
+    norms from :func:`grad_norms` or clipping (empty when the gradients are not checked here,
+    e.g. a GradScaler checks them). A refused update leaves the parameters and the optimizer
+    state as they were and sets the gradients to None (they hold the NaN/inf).
     """
-    flag = hot_flag(pending, grads_flag)
-    if policy == "unchecked" or flag is None:
+    flag = None if policy == "unchecked" else hot_flag(pending, norms)
+    if flag is None:
         return False
     if not bool(_together(flag, group)):  # the one host read of a step
         return False
     broken = [_broken(item) for item in pending]
-    grads = grads_of(param_groups) if grads_flag is not None and bool(grads_flag) else []
+    grads = grads_of(param_groups) if norms else []
     grads_broken = any(not bool(torch.isfinite(grad).all()) for grad in grads)
     local = [any(bool(b.any()) for b in broken), grads_broken]
     losses_anywhere, grads_anywhere = _together(torch.tensor(local, device=flag.device), group).tolist()

@@ -133,7 +133,7 @@ def _rank_at_most(losses: Tensor, bounds: tuple[Bound, ...], valid: Tensor | Non
     That is ``l_i <=`` the (m+1)-th smallest loss. With ``valid``, only valid losses count and
     are marked, and n is their number.
     """
-    detached = losses.detach()
+    detached = losses.detach() if losses.requires_grad else losses  # a condition's are detached
     array = _host_array(losses)
     if valid is not None and array is None:
         return _rank_at_most_on_device(detached, bounds, valid)
@@ -377,7 +377,7 @@ def sigua_objective(
         return kernels.objective(
             losses, good, bad, gamma, losses.shape[0] if num_items is None else num_items
         )
-    acc = torch.promote_types(losses.dtype, torch.float32)
+    acc = losses.dtype if losses.dtype == torch.float64 else torch.float32  # no dispatch
     weights = sigua_weights(good, bad, gamma, acc, reduction, num_items)
     if losses.dtype == acc:
         return torch.dot(losses, weights)

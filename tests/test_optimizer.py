@@ -80,6 +80,39 @@ def test_step_hooks_fire_on_the_wrapper() -> None:
     assert calls == ["pre", "post", "pre", "post"]
 
 
+def test_profiler_label_and_global_hooks_without_the_wrapper_cost(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch's step wrapper (record_function + hooks) runs only when something would see it."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    model, opt = make()
+    x, y = batch()
+    entered: list[str] = []
+    enter = torch.autograd.profiler.record_function.__enter__
+
+    def spy(self: torch.autograd.profiler.record_function) -> object:
+        entered.append(self.name)
+        return enter(self)
+
+    monkeypatch.setattr(torch.autograd.profiler.record_function, "__enter__", spy)
+    opt.step(F.cross_entropy(model(x), y, reduction="none"))
+    assert entered == ["Optimizer.step#SGD.step"]  # the wrapped optimizer's own, not ours
+
+    calls: list[str] = []
+    handle = register_optimizer_step_post_hook(lambda o, args, kwargs: calls.append(type(o).__name__))
+    try:
+        opt.zero_grad()
+        opt.step(F.cross_entropy(model(x), y, reduction="none"))
+    finally:
+        handle.remove()
+    assert calls == ["SGD", "SIGUAOptimizer"]
+
+    with torch.profiler.profile() as prof:
+        opt.zero_grad()
+        opt.step(F.cross_entropy(model(x), y, reduction="none"))
+    names = {event.name for event in prof.events()}
+    assert {"Optimizer.step#SIGUAOptimizer.step", "Optimizer.step#SGD.step"} <= names
+
+
 def test_plain_step_and_closure_step_the_wrapped_optimizer() -> None:
     model, opt = make()
     reference_model = copy.deepcopy(model)
