@@ -177,7 +177,8 @@ _Step = TypeVar("_Step", bound=Callable[..., Any])
 
 def _profiled_when_needed(step: _Step) -> _Step:
     """``step`` with torch's ``Optimizer.step`` wrapper (a ``record_function`` for the profiler,
-    then the step hooks) only while a profiler runs or a step hook is registered.
+    then the step hooks) only while a profiler runs, a step hook is registered or
+    ``torch.compile`` traces it.
 
     torch wraps every optimizer's ``step`` so; the wrapped optimizer's own step keeps its wrapper.
     The ``record_function`` costs 10-70 us of host time on a CPU even with no profiler running,
@@ -191,7 +192,8 @@ def _profiled_when_needed(step: _Step) -> _Step:
     @functools.wraps(step)
     def wrapper(self: Optimizer, *args: Any, **kwargs: Any) -> Any:
         if (
-            self._optimizer_step_pre_hooks
+            torch.compiler.is_compiling()  # torch's wrapper traces; the profiler query would break
+            or self._optimizer_step_pre_hooks
             or self._optimizer_step_post_hooks
             or any(hooks is None or hooks for hooks in global_hooks)  # None: unknown, assume some
             or torch._C._autograd._profiler_enabled()
