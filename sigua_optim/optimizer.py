@@ -825,11 +825,10 @@ class SIGUAOptimizer(Optimizer):
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 [p for group in self.param_groups for p in group["params"]], self.max_grad_norm
             )
-            norms = [grad_norm]
+            norms = [] if scaled else [grad_norm]
         elif not scaled and self.nonfinite != "unchecked":
             norms = _guard.grad_norms(_guard.grads_of(self.param_groups))
         pending, self._pending = self._pending, []
-        norms = [] if scaled else norms
         skipped: bool | Tensor
         if self.nonfinite == "skip" and not scaled and _fused(self.optimizer):  # a scaler sets its own
             flag = _guard.hot_flag(pending, norms)
