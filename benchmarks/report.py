@@ -179,11 +179,11 @@ def _interpret_fig1(records: Sequence[Record]) -> list[str]:
         )
         stopgrad = (noise, "gamma=0")
         if method != "gamma=0" and stopgrad in test:
-            forgot = 100 * (flipped[stopgrad][:, -1] - flipped[(noise, method)][:, -1])
+            fitted = 100 * (flipped[(noise, method)][:, -1] - flipped[stopgrad][:, -1])
             gain = 100 * (runs[:, -1] - test[stopgrad][:, -1])
             lines.append(
-                f"{noise}, {method} against StopGrad (gamma=0): {forgot.mean():+.1f} points fewer flipped "
-                f"labels fitted, {gain.mean():+.1f} points test accuracy (per-seed std {gain.std():.1f})"
+                f"{noise}, {method} against StopGrad (gamma=0): flipped labels fitted {fitted.mean():+.1f} "
+                f"points, test accuracy {gain.mean():+.1f} points (per-seed std {gain.std():.1f})"
             )
     return ["**What the curves show**", *(f"- {line}" for line in lines)]
 
