@@ -586,6 +586,28 @@ class InStep:
         self.grad_pass.clear()
 
 
+class MeanInStep:
+    """The floor of SIGUA's own time: a plain step whose loss is the per-sample losses' ``mean()``.
+
+    ``own``: the time of that ``mean()`` call, taken where SIGUA's selection and Eq. 3 run (after
+    the forward, before the backward): what the least a per-sample method could do there costs.
+    """
+
+    def __init__(self, opt: torch.optim.Optimizer, case: Case, variant: str = "") -> None:
+        self.opt, self.case, self.losses = opt, case, case.per_sample[variant]
+        self.own: list[float] = []
+
+    def __call__(self) -> None:
+        """One plain step from the per-sample losses, the mean timed."""
+        self.opt.zero_grad()
+        losses, _ = self.losses(self.case.model)
+        start = time.perf_counter()
+        mean = losses.mean()
+        self.own.append(time.perf_counter() - start)
+        mean.backward()  # type: ignore[no-untyped-call]
+        self.opt.step()
+
+
 def _sigua(opt: torch.optim.Optimizer, nonfinite: str = "raise") -> SIGUAOptimizer:
     condition = BandSelected(EPS, BAND, warmup_epochs=0)
     return SIGUAOptimizer(opt, condition, GAMMA, nonfinite=nonfinite)  # type: ignore[arg-type]
@@ -607,29 +629,33 @@ def dispatches(step: Callable[[], Any]) -> dict[str, int]:
 def host_time(rounds: dict[str, int], device: str = "cpu") -> list[dict[str, Any]]:
     """SIGUA's host time inside real steps (:class:`InStep`) and the dispatches per step.
 
-    A plain step, a SIGUA step (BandSelected, default guard) and one with
-    ``nonfinite="unchecked"`` take turns for ``rounds`` rounds on one model and SGD optimizer
-    (momentum 0.9) at batch 128, after :func:`dispatches` has run each twice (the warm-up).
+    A plain step, a SIGUA step (BandSelected, default guard), one with
+    ``nonfinite="unchecked"`` and the floor (:class:`MeanInStep`) take turns for ``rounds``
+    rounds on one model and SGD optimizer (momentum 0.9) at batch 128, after :func:`dispatches`
+    has run each twice (the warm-up).
     """
     rows = []
     for name, case, count, plain in _cases(rounds, device):
         variant = next(iter(case.per_sample))  # BERT: per sequence
         clocks = {policy: InStep(_sigua(plain, policy), case, variant) for policy in ("raise", "unchecked")}
+        floor = MeanInStep(plain, case, variant)
         steps: dict[str, Callable[[], Any]] = {
             "plain": partial(_plain_step, case, plain),
             "SIGUA": clocks["raise"],
             "SIGUA unchecked": clocks["unchecked"],
+            "mean": floor,
         }
         counts = {k: dispatches(step) for k, step in steps.items()}
         for clock in clocks.values():
             clock.clear()
+        floor.own.clear()
         times = samples(steps, count, warmup=0)
         checked = clocks["raise"]
         own, grad_pass = statistics.median(checked.own), statistics.median(checked.grad_pass)
         rest = statistics.median(o - g for o, g in zip(checked.own, checked.grad_pass, strict=True))
-        unchecked = statistics.median(clocks["unchecked"].own)
+        unchecked, mean = statistics.median(clocks["unchecked"].own), statistics.median(floor.own)
         ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-        ratios = {k: paired_ratio(times[k], times["plain"]) for k in ("SIGUA", "SIGUA unchecked")}
+        ratios = {k: paired_ratio(times[k], times["plain"]) for k in ("SIGUA", "SIGUA unchecked", "mean")}
         rows.append(
             {
                 "device": device,
@@ -640,6 +666,7 @@ def host_time(rounds: dict[str, int], device: str = "cpu") -> list[dict[str, Any
                 "grad_pass_us": grad_pass * 1e6,
                 "own_without_grad_pass_us": rest * 1e6,
                 "own_unchecked_us": unchecked * 1e6,
+                "mean_us": mean * 1e6,
                 "ms": ms,
                 "ratios": ratios,
             }
@@ -650,9 +677,11 @@ def host_time(rounds: dict[str, int], device: str = "cpu") -> list[dict[str, Any
             f"{counts['plain']['all']}, SIGUA {counts['SIGUA']['top']} / {counts['SIGUA']['all']}, "
             f"unchecked {counts['SIGUA unchecked']['top']} / {counts['SIGUA unchecked']['all']}; SIGUA's "
             f"own host time in a step {own * 1e6:.0f} us = gradient pass {grad_pass * 1e6:.0f} us + "
-            f"the rest {rest * 1e6:.0f} us; unchecked {unchecked * 1e6:.0f} us. Steps: plain "
+            f"the rest {rest * 1e6:.0f} us; unchecked {unchecked * 1e6:.0f} us; the floor, one mean() of "
+            f"the per-sample losses in the same place, {mean * 1e6:.0f} us. Steps: plain "
             f"{ms['plain']:.2f} ms, SIGUA {ms['SIGUA']:.2f} ms (x{ratios['SIGUA'][0]:.4f}), unchecked "
-            f"{ms['SIGUA unchecked']:.2f} ms (x{ratios['SIGUA unchecked'][0]:.4f}); {count} rounds"
+            f"{ms['SIGUA unchecked']:.2f} ms (x{ratios['SIGUA unchecked'][0]:.4f}), per-sample mean "
+            f"{ms['mean']:.2f} ms (x{ratios['mean'][0]:.4f}); {count} rounds"
         )
     return rows
 

@@ -1,16 +1,18 @@
 """The non-finite policy of :class:`~sigua_optim.SIGUAOptimizer`: one host read guards an update.
 
-Before the wrapped optimizer steps, one 0-d flag is computed on the device and read back once:
-the objective is not finite (every loss but padding enters its dot product, an ignored one with
-weight 0, and 0 * inf is NaN), or the gradients' norms are not (those that clipping computes
-anyway, or one fused pass). Only when the flag is set are the losses and the gradients looked at
-one by one: finite losses whose objective overflowed, and finite gradients whose norm overflowed,
-go on, as a plain step would; a NaN or inf loss or gradient refuses the step. Under
-torch.distributed the ranks take both decisions together (an all-reduce of the flag): a rank that
-refused while the others stepped would leave the replicas apart."""
+Before the wrapped optimizer steps, one 0-d value is computed on the device and read back once:
+the sum of the objectives and of the gradients' norms (those that clipping computes anyway, or
+one fused pass). It is not finite when an objective is not (every loss but padding enters its dot
+product, an ignored one with weight 0, and 0 * inf is NaN) or a norm is not. Only then are the
+losses and the gradients looked at one by one: finite losses whose objective overflowed, and
+finite gradients whose norm (or the sum) overflowed, go on, as a plain step would; a NaN or inf
+loss or gradient refuses the step. Under torch.distributed the ranks take both decisions together
+(an all-reduce of the sum, then of what each found): a rank that refused while the others stepped
+would leave the replicas apart."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
@@ -81,22 +83,25 @@ def _together(flags: Tensor, group: Any) -> Tensor:
     return flags.bool()
 
 
-def hot_flag(pending: list[Pending], norms: list[Tensor]) -> Tensor | None:
-    """The 0-d bool of the hot path: an objective or a gradient norm is not finite (None when
-    there is nothing to check). One stack, one test, one reduction."""
+def hot_total(pending: list[Pending], norms: list[Tensor]) -> Tensor | None:
+    """The 0-d float32 sum of the objectives and the gradient norms, the value the hot path tests
+    (None when there is nothing to check): one stack, one sum.
+
+    It is not finite when any of them is not (NaN and inf carry through a sum), and also when
+    finite values overflow float32: :func:`refused` then looks at each loss and gradient.
+    """
     values = [item.objective for item in pending] + norms
     if not values:
         return None
     device = values[0].device
-    stacked = torch.stack([v if v.device == device else v.to(device) for v in values])
-    return stacked.isfinite().all().logical_not()
+    return torch.stack([v if v.device == device else v.to(device) for v in values]).sum(dtype=torch.float32)
 
 
-def skip_on_device(optimizer: torch.optim.Optimizer, flag: Tensor, group: Any) -> Tensor:
-    """Hand ``flag`` (or-ed over the ranks) to a fused optimizer as GradScaler does, as its
-    ``found_inf``: its kernels then skip the update on the device, with no host read. Returns
-    the flag; the caller removes ``optimizer.found_inf`` after the step."""
-    flag = _together(flag, group)
+def skip_on_device(optimizer: torch.optim.Optimizer, total: Tensor, group: Any) -> Tensor:
+    """Hand "``total`` is not finite" (or-ed over the ranks) to a fused optimizer as GradScaler
+    does, as its ``found_inf``: its kernels then skip the update on the device, with no host read.
+    Returns that flag; the caller removes ``optimizer.found_inf`` after the step."""
+    flag = _together(total.isfinite().logical_not(), group)
     optimizer.found_inf = flag.float()  # type: ignore[attr-defined]
     return flag
 
@@ -115,16 +120,18 @@ def refused(
     e.g. a GradScaler checks them). A refused update leaves the parameters and the optimizer
     state as they were and sets the gradients to None (they hold the NaN/inf).
     """
-    flag = None if policy == "unchecked" else hot_flag(pending, norms)
-    if flag is None:
+    total = None if policy == "unchecked" else hot_total(pending, norms)
+    if total is None:
         return False
-    if not bool(_together(flag, group)):  # the one host read of a step
+    if _distributed.ranks(group) > 1:
+        dist.all_reduce(total, group=group)  # a sum: NaN and inf carry over the ranks
+    if math.isfinite(total.item()):  # the one host read of a step
         return False
     broken = [_broken(item) for item in pending]
     grads = grads_of(param_groups) if norms else []
     grads_broken = any(not bool(torch.isfinite(grad).all()) for grad in grads)
     local = [any(bool(b.any()) for b in broken), grads_broken]
-    losses_anywhere, grads_anywhere = _together(torch.tensor(local, device=flag.device), group).tolist()
+    losses_anywhere, grads_anywhere = _together(torch.tensor(local, device=total.device), group).tolist()
     if not (losses_anywhere or grads_anywhere):
         return False  # finite losses whose objective overflowed: the step goes on, as a plain one would
     for param in (p for g in param_groups for p in g["params"]):

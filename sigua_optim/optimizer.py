@@ -831,9 +831,9 @@ class SIGUAOptimizer(Optimizer):
         pending, self._pending = self._pending, []
         skipped: bool | Tensor
         if self.nonfinite == "skip" and not scaled and _fused(self.optimizer):  # a scaler sets its own
-            flag = _guard.hot_flag(pending, norms)
+            total = _guard.hot_total(pending, norms)
             skipped = (
-                False if flag is None else _guard.skip_on_device(self.optimizer, flag, self.process_group)
+                False if total is None else _guard.skip_on_device(self.optimizer, total, self.process_group)
             )
         else:
             skipped = _guard.refused(self.nonfinite, pending, norms, self.process_group, self.param_groups)

@@ -197,6 +197,23 @@ def test_unchecked_lets_nan_gradients_through() -> None:
     assert not all(torch.isfinite(p).all() for p in model.parameters())
 
 
+@pytest.mark.parametrize("policy", ["raise", "skip"])
+def test_finite_gradients_whose_checked_sum_overflows_still_step(policy: str) -> None:
+    """The hot path tests one float32 sum of the objective and the gradients' norms: here
+    3e38 + 1.5e38 + 1.5e38 overflows while every loss, norm and gradient is finite, so the
+    exact check runs and lets the update through, as a plain step would."""
+    first, second = torch.nn.Parameter(torch.ones(1)), torch.nn.Parameter(torch.ones(1))
+    opt = SIGUAOptimizer(torch.optim.SGD([first, second], lr=1e-40), AllGood(), nonfinite=policy)  # type: ignore[arg-type]
+    losses = torch.cat([first, second]) * 3e38
+    total = _guard.hot_total(
+        [_guard.Pending(torch.tensor(3e38), losses.detach(), None)], [torch.tensor(1.5e38)] * 2
+    )
+    assert total is not None and torch.isinf(total)  # the premise: the sum overflows
+    result = opt.step(losses)
+    assert torch.isfinite(result.objective) and result.skipped is False
+    assert first.item() < 1.0 and second.item() < 1.0  # both updated: 1 - 1e-40 * 1.5e38
+
+
 # -- item 4: clipping inside the step -------------------------------------------------------------
 @pytest.mark.parametrize("scaled", [False, True])
 def test_max_grad_norm_clips_between_backward_and_step(scaled: bool) -> None:
