@@ -18,7 +18,8 @@
    profiler, the host time of the loss by operator, and peak GPU memory.
 5. SIGUA's own host time inside real steps (``--host mlp=300,cnn9=5``): the time of
    ``opt.step(losses)`` less the backward and the wrapped optimizer's step it runs, and the aten
-   operators dispatched per step (``torch.profiler``), plain step against SIGUA's.
+   operators dispatched per step (``torch.profiler``), plain step against SIGUA's; and the floor,
+   one ``mean()`` of the per-sample losses timed at the same place in a plain step.
 6. Realistic models and the alternatives (``--models mlp=30,cnn9=3,resnet18=2,bert=2``): the
    plain step, SIGUA's, the authors' (their selection, then backward and step) and Co-teaching's
    two-network step on the Figure-1 MLP, the 9-layer CNN and a ResNet-18 at batch 128, and a

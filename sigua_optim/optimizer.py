@@ -235,10 +235,11 @@ class SIGUAOptimizer(Optimizer):
             :meth:`objective` and your own backward. ``"raise"`` (default): a ValueError and
             ``"skip"``: the update is refused (``last_result.skipped`` is True); either way the
             parameters and the optimizer state are unchanged and the gradients are set to None.
-            Both read one flag back from the device per update, after backward (the objective
-            or a gradient is not finite; as ``GradScaler`` reads one); ``"skip"`` with a fused
+            Both read one value back from the device per update, after backward: the float32
+            sum of the objective and the gradients' norms, not finite when the objective or a
+            gradient is not (as ``GradScaler`` reads one flag); ``"skip"`` with a fused
             optimizer (``fused=True``) reads nothing: its kernels skip on the device. Under
-            ``torch.distributed`` the ranks decide together, by an all-reduce of that flag.
+            ``torch.distributed`` the ranks decide together, by an all-reduce of that value.
             With ``scaler=`` only the losses are checked here: the GradScaler checks the
             gradients itself (and skips the step, as under AMP). ``"unchecked"``: no check and
             no host synchronisation; a NaN reaches the parameters, as in a plain PyTorch step.
