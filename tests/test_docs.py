@@ -94,6 +94,44 @@ def test_every_page_is_in_the_site_navigation() -> None:
     assert not [page for page in PAGES if f": {page}\n" not in config]
 
 
+ITEM = re.compile(r"(?:[-*]|\d+\.) \S")
+
+
+def list_layout_errors(text: str) -> list[str]:
+    """Where the site's Markdown (Python-Markdown, unlike GitHub's) would not draw a list: an item
+    right below a paragraph line, or below a paragraph that an item holds after a blank line (it
+    needs a blank line first), or a nested item indented by 2 (it needs 4). Fenced code is left
+    out."""
+    errors, previous, fenced, held = [], "", False, False
+    for number, line in enumerate(text.split("\n"), 1):
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif not fenced:
+            paragraph = previous and not previous.startswith((" ", "#", "|", "```", "- ", "* "))
+            if ITEM.match(line) and (held or (paragraph and not ITEM.match(previous))):
+                errors.append(f"line {number}: a list right below a paragraph: add a blank line")
+            if line.startswith("  ") and ITEM.match(line[2:]):
+                errors.append(f"line {number}: a nested item indented by 2: indent it by 4")
+            # within an item's paragraph that began after a blank line
+            held = line.startswith(" ") and not ITEM.match(line.lstrip()) and (held or not previous)
+        previous = line
+    return errors
+
+
+def test_list_layout_errors_finds_both_mistakes() -> None:
+    assert list_layout_errors("Text:\n- a\n  - b\n- c\n\n  more of c\n- d\n") == [
+        "line 2: a list right below a paragraph: add a blank line",
+        "line 3: a nested item indented by 2: indent it by 4",
+        "line 7: a list right below a paragraph: add a blank line",
+    ]
+    assert list_layout_errors("Text:\n\n- a\n  more of a\n    - b\n- c\n```sh\nx\n  - y\n```\n") == []
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_lists_render_on_the_site(page: str) -> None:
+    assert not list_layout_errors((DOCS / page).read_text()), f"docs/{page}"
+
+
 def _data_docstrings(module: ModuleType) -> set[str]:
     """Module-level names assigned and followed by a string literal (an attribute docstring)."""
     body = ast.parse(inspect.getsource(module)).body
