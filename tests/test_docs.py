@@ -107,8 +107,8 @@ def list_layout_errors(text: str) -> list[str]:
         if line.lstrip().startswith("```"):
             fenced = not fenced
         elif not fenced:
-            paragraph = previous and not previous.startswith((" ", "#", "|", "```", "- ", "* "))
-            if ITEM.match(line) and (held or (paragraph and not ITEM.match(previous))):
+            paragraph = previous and not (previous.startswith((" ", "#", "|", "```")) or ITEM.match(previous))
+            if ITEM.match(line) and (held or paragraph):
                 errors.append(f"line {number}: a list right below a paragraph: add a blank line")
             if line.startswith("  ") and ITEM.match(line[2:]):
                 errors.append(f"line {number}: a nested item indented by 2: indent it by 4")
