@@ -1,7 +1,10 @@
-"""Datasets for the benchmarks: scikit-learn's bundled digits and MNIST read from IDX files.
+"""Datasets for the benchmarks: scikit-learn's bundled digits, MNIST and Fashion-MNIST from IDX files.
 
 Nothing is downloaded. MNIST is read from a directory the user names (``--data-dir`` or the
 ``SIGUA_MNIST_DIR`` environment variable) holding the original IDX files, gzip'd or raw.
+Fashion-MNIST (Xiao et al., 2017: 60,000 + 10,000 28x28 grey images of clothing, 10 classes) is
+read from ``--data-dir``, else ``SIGUA_FASHION_MNIST_DIR``, else the folder of Debian's
+``dataset-fashion-mnist`` package (:data:`FASHION_MNIST_PACKAGE_DIR`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from sklearn.model_selection import train_test_split
 IMAGES_MAGIC = 0x00000803  # uint8 data, 3 dimensions (count, rows, columns)
 LABELS_MAGIC = 0x00000801  # uint8 data, 1 dimension (count)
 MNIST_ENV = "SIGUA_MNIST_DIR"
+FASHION_MNIST_ENV = "SIGUA_FASHION_MNIST_DIR"
+FASHION_MNIST_PACKAGE_DIR = Path("/usr/share/datasets/fashion-mnist")  # dpkg -L dataset-fashion-mnist
+FASHION_MNIST_INSTALL = "apt-get update && apt-get install -y dataset-fashion-mnist"
 
 
 class DataError(ValueError):
@@ -93,30 +99,30 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def _find(directory: Path, name: str) -> Path:
+_MNIST_HINT = f"pass --data-dir DIR or set {MNIST_ENV} to the folder with the MNIST IDX files"
+
+
+def _find(directory: Path, name: str, hint: str) -> Path:
     for candidate in (directory / f"{name}.gz", directory / name):
         if candidate.is_file():
             return candidate
-    raise DataError(
-        f"{directory} has no {name}.gz (or {name}); pass --data-dir DIR or set "
-        f"{MNIST_ENV} to the folder with the MNIST IDX files"
-    )
+    raise DataError(f"{directory} has no {name}.gz (or {name}); {hint}")
 
 
-def load_idx(directory: Path | str, prefix: str = "t10k") -> tuple[np.ndarray, np.ndarray]:
+def load_idx(
+    directory: Path | str, prefix: str = "t10k", hint: str = _MNIST_HINT
+) -> tuple[np.ndarray, np.ndarray]:
     """Read ``{prefix}-images-idx3-ubyte[.gz]`` and ``{prefix}-labels-idx1-ubyte[.gz]``.
 
     Returns ``(images, labels)``: float32 ``[n, rows * cols]`` scaled to [0, 1] and int64 ``[n]``
-    in 0..9. Raises :class:`DataError` on a missing, truncated or mismatched pair.
+    in 0..9. Raises :class:`DataError` on a missing, truncated or mismatched pair; its message
+    ends with ``hint``, how to point at the right folder.
     """
     directory = Path(directory)
     if not directory.is_dir():
-        raise DataError(
-            f"MNIST directory {directory} does not exist; pass --data-dir DIR or "
-            f"set {MNIST_ENV} to the folder with the MNIST IDX files"
-        )
-    images = read_idx(_find(directory, f"{prefix}-images-idx3-ubyte"), IMAGES_MAGIC)
-    labels = read_idx(_find(directory, f"{prefix}-labels-idx1-ubyte"), LABELS_MAGIC)
+        raise DataError(f"directory {directory} does not exist; {hint}")
+    images = read_idx(_find(directory, f"{prefix}-images-idx3-ubyte", hint), IMAGES_MAGIC)
+    labels = read_idx(_find(directory, f"{prefix}-labels-idx1-ubyte", hint), LABELS_MAGIC)
     if len(images) != len(labels):
         raise DataError(f"{directory}: {len(images)} {prefix} images but {len(labels)} labels")
     if labels.max() > 9:
@@ -148,3 +154,22 @@ def load_mnist_split(directory: Path | str, seed: int, n_train: int = 8000, n_te
         x_tr, y_tr = load_idx(directory, "train")
         return Split(*(torch.from_numpy(a) for a in (x_tr, y_tr, x, y)))
     return _stratified(x, y, n_train, n_test, seed)
+
+
+def fashion_mnist_dir(flag: str | None) -> Path:
+    """The Fashion-MNIST folder: ``--data-dir``, else ``$SIGUA_FASHION_MNIST_DIR``, else the package's."""
+    return Path(flag or os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_PACKAGE_DIR)
+
+
+def load_fashion_mnist_split(directory: Path | str) -> Split:
+    """Fashion-MNIST's 60,000 training and 10,000 test images from the IDX files in ``directory``.
+
+    A missing folder or file raises :class:`DataError` with the one-line install command.
+    """
+    hint = (
+        f"install Fashion-MNIST with `{FASHION_MNIST_INSTALL}`, or pass --data-dir DIR "
+        f"(or set {FASHION_MNIST_ENV}) to a folder with its train-* and t10k-* IDX files"
+    )
+    x_tr, y_tr = load_idx(directory, "train", hint)
+    x_te, y_te = load_idx(directory, "t10k", hint)
+    return Split(*(torch.from_numpy(a) for a in (x_tr, y_tr, x_te, y_te)))

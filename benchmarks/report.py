@@ -103,8 +103,16 @@ def by_figure(records: Sequence[Record]) -> dict[str, list[Record]]:
 
 
 NAMES = {"standard": "Standard", "self-teach": "Self-Teach", "sigua-sl": "SIGUA_SL", "bc": "BC",
-         "nnbc": "nnBC", "sigua-bc": "SIGUA_BC"}  # fmt: skip
-PAIRS = (("sigua-sl", "self-teach"), ("self-teach", "standard"), ("sigua-bc", "nnbc"), ("nnbc", "bc"))
+         "nnbc": "nnBC", "sigua-bc": "SIGUA_BC", "co-teaching": "Co-teaching",
+         "co-teaching-sigua": "Co-teaching + SIGUA"}  # fmt: skip
+PAIRS = (
+    ("sigua-sl", "self-teach"),
+    ("self-teach", "standard"),
+    ("co-teaching-sigua", "co-teaching"),
+    ("sigua-sl", "co-teaching"),
+    ("sigua-bc", "nnbc"),
+    ("nnbc", "bc"),
+)
 COLLAPSE_WHY = {
     "bc": "Adam's beta2 = 0.1 and the corrected loss, unbounded below, blow the logits up",
     "nnbc": "the per-sample criterion drops the confidently fitted clean samples",

@@ -4,9 +4,10 @@
   epochs), then ``KnownClean`` (good = truly clean, bad = flipped) with each of ``--gammas``
   (default 0 and 0.01); SGD 0.01 / 0.9, the deep MLP, sym-80. The gammas share the pre-shift
   training.
-* ``set1``: Standard (``AllGood``), Self-Teach (``SmallLoss``), SIGUA_SL (``BandSelected``);
+* ``set1``: Standard (``AllGood``), Self-Teach (``SmallLoss``), SIGUA_SL (``BandSelected``),
+  Co-teaching (two networks, ``Peer(SmallLoss)``) and Co-teaching + SIGUA (``Peer(BandSelected)``);
   Adam 1e-3, lr decayed linearly to 0 from 40% of the epochs (80 of 200), T_k = 10,
-  gamma 0.01 (0.001 for pair noise).
+  gamma 0.01 (0.001 for pair noise). Co-teaching's records are its first network's.
 * ``set2``: BC (``AllGood``), nnBC / SIGUA_BC (``NonNegativeCorrection(T, ascend=False/True)``)
   on the backward-corrected loss; Adam 1e-3 (betas 0.9, 0.999), lr / 10 every 10 epochs,
   gamma 1.0, the class-level criterion (``criterion="class"``).
@@ -16,13 +17,20 @@
   ``--gammas`` x ``--warmups`` (T_k), and Self-Teach at each T_k as the baseline; heat-maps of the
   test accuracy, one panel per noise and T_k.
 
+``--dataset``: ``digits`` (scikit-learn's, bundled), ``mnist`` (IDX files from ``--data-dir``;
+the real MNIST test images give "MNIST-10k", 8,000 / 2,000) or ``fashion-mnist`` (60,000 /
+10,000, Debian's ``dataset-fashion-mnist`` package or ``--data-dir``).
+
+A rerun with the same ``--out`` resumes: every (experiment, method, noise, seed) already
+complete in its ``results.jsonl`` is skipped, and the records of an unfinished one are dropped.
+
 ``--paper-recipe`` switches to the paper's settings where the defaults differ: set2 with Adam
 betas (0.9, 0.1) and the authors' per-sample criterion, fig1 with gammas 0 and 0.001.
 docs/results.md says why the defaults differ and how each was chosen.
 
 Every method trains through the public ``SIGUAOptimizer`` API. Writes ``results.jsonl`` (one
-record per experiment, method, noise, seed and epoch), ``table.md`` and ``<experiment>.png``
-under ``--out``.
+record per experiment, method, noise, seed and epoch, with the epoch's training seconds),
+``table.md`` and ``<experiment>.png`` under ``--out``.
 """
 
 from __future__ import annotations
@@ -34,10 +42,10 @@ import re
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -46,7 +54,15 @@ from torch import nn
 from tqdm import tqdm
 
 from benchmarks import report
-from benchmarks.data import DataError, Split, load_digits_split, load_mnist_split, mnist_dir
+from benchmarks.data import (
+    DataError,
+    Split,
+    fashion_mnist_dir,
+    load_digits_split,
+    load_fashion_mnist_split,
+    load_mnist_split,
+    mnist_dir,
+)
 from benchmarks.models import MODELS
 from benchmarks.noise_estimation import class_dependent, offline_estimate
 from sigua_optim import SIGUAOptimizer
@@ -55,17 +71,27 @@ from sigua_optim.conditions import (
     BandSelected,
     KnownClean,
     NonNegativeCorrection,
+    Peer,
     SmallLoss,
 )
 from sigua_optim.losses import BackwardCorrection, class_losses
-from sigua_optim.noise import check_transition_matrix, corrupt, estimate_noise_rate, pair, symmetric
+from sigua_optim.noise import (
+    check_transition_matrix,
+    corrupt,
+    estimate_noise_rate,
+    instance_dependent,
+    pair,
+    symmetric,
+)
 
-SET1 = ("standard", "self-teach", "sigua-sl")
+SET1 = ("standard", "self-teach", "sigua-sl", "co-teaching", "co-teaching-sigua")
+PEERS = ("co-teaching", "co-teaching-sigua")  # two networks, each selecting with the other's losses
 SET2 = ("bc", "nnbc", "sigua-bc")
 EXPERIMENTS = {"all": SET1 + SET2, "sets": SET1 + SET2, "set1": SET1, "set2": SET2, "fig1": (), "sweep": ()}
 NOISES = (
-    "sym-20, sym-50, pair-45 (any sym-<percent> / pair-<percent>), classdep (class i flips at"
-    " 0.1 + 0.04 i, half to i + 1, half to i + 5) or a k x k text file"
+    "sym-20, sym-50, pair-45 (any sym-<percent> / pair-<percent>), idn-40 (instance-dependent, any"
+    " idn-<percent>), classdep (class i flips at 0.1 + 0.04 i, half to i + 1, half to i + 5) or a"
+    " k x k text file"
 )
 CRITERIA = ("class", "sample", "total")
 # delta of Eq. 6: the authors' end-of-schedule bad-set size, eps * r with their per-dataset
@@ -74,25 +100,59 @@ PAPER_BANDS = {"sym-20": 0.08, "sym-50": 0.15, "pair-45": 0.31}
 BAND_FACTOR = 0.3  # delta = 0.3 * eps for any other noise
 
 
-Emit = Callable[[str, int, dict[str, Any]], None]
+RunKey = tuple[str, str, str, str, int, str]  # experiment, dataset, model, noise, seed, method
+
+
+def _key(record: dict[str, Any]) -> RunKey:
+    fields = ("experiment", "dataset", "model", "noise", "seed", "method")
+    return tuple(record[f] for f in fields)
 
 
 class Recorder:
-    """Writes one JSON line per epoch and shows the latest test accuracy on the progress bar."""
+    """Writes one JSON line per epoch to ``results.jsonl`` and shows the latest test accuracy on
+    the progress bar. Resumes: the runs already complete in the file (every epoch of
+    ``epochs[experiment]`` recorded) are kept and reported done; an unfinished run's lines are dropped."""
 
-    def __init__(self, sink: TextIO, bar: tqdm[Any]) -> None:
-        self.sink, self.bar = sink, bar
+    def __init__(self, path: Path, epochs: dict[str, int], bar: tqdm[Any]) -> None:
+        old = report.read_records(path) if path.is_file() else []
+        seen: dict[RunKey, set[int]] = {}
+        for record in old:
+            seen.setdefault(_key(record), set()).add(record["epoch"])
+        whole = {name: set(range(1, count + 1)) for name, count in epochs.items()}
+        self.complete = {key for key, done in seen.items() if whole.get(key[0]) == done}
+        kept = [r for r in old if _key(r) in self.complete]
+        path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self.sink, self.bar = path.open("a"), bar
 
-    def emitter(self, base: dict[str, Any]) -> Emit:
-        def emit(method: str, epoch: int, metrics: dict[str, Any]) -> None:
-            record = {**base, "method": method, "epoch": epoch, **metrics}
-            self.sink.write(json.dumps(record) + "\n")
-            self.sink.flush()  # readable while the run goes on
-            self.bar.set_postfix_str(
-                f"{method} {base['noise']} seed {base['seed']} test {metrics['test_acc']:.3f}", refresh=False
-            )
+    def write(self, record: dict[str, Any]) -> None:
+        self.sink.write(json.dumps(record) + "\n")
+        self.sink.flush()  # readable while the run goes on
+        self.bar.set_postfix_str(
+            f"{record['method']} {record['noise']} seed {record['seed']} test {record['test_acc']:.3f}",
+            refresh=False,
+        )
 
-        return emit
+    def close(self) -> None:
+        self.sink.close()
+
+
+@dataclass(frozen=True)
+class Emitter:
+    """Records the epochs of one (experiment, noise, seed): ``emit(method, epoch, metrics)``;
+    ``name`` and ``fields`` (the sweep's) rename every method and add fields to its records."""
+
+    recorder: Recorder
+    base: dict[str, Any]
+    name: str | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self, method: str, epoch: int, metrics: dict[str, Any]) -> None:
+        method = self.name or method
+        self.recorder.write({**self.base, "method": method, "epoch": epoch, **self.fields, **metrics})
+
+    def done(self, method: str) -> bool:
+        """Whether the run of ``method`` is complete in the records (a resumed run skips it)."""
+        return _key({**self.base, "method": self.name or method}) in self.recorder.complete
 
 
 class Parser(argparse.ArgumentParser):
@@ -105,8 +165,9 @@ class Parser(argparse.ArgumentParser):
 @dataclass(frozen=True)
 class Noise:
     name: str
-    T: torch.Tensor  # float64 k x k
+    T: torch.Tensor  # float64 k x k; instance-dependent noise: the realised class-level matrix
     eps: float | None = None  # the rate the conditions get, when not T's own (an estimate)
+    instance: float | None = None  # instance-dependent noise (Xia et al.) at this mean rate
 
     @property
     def rate(self) -> float:
@@ -114,15 +175,18 @@ class Noise:
 
 
 def parse_noise(spec: str, k: int) -> Noise:
-    """``sym-50`` / ``pair-45`` (percent), ``classdep`` or the path of a whitespace-separated k x k matrix."""
+    """``sym-50`` / ``pair-45`` / ``idn-40`` (percent), ``classdep`` or the path of a
+    whitespace-separated k x k matrix. ``idn``'s T is symmetric at the rate until
+    :func:`apply_noise` replaces it with the realised one."""
     if spec == "classdep":
         return Noise(spec, class_dependent(k))
-    match = re.fullmatch(r"(sym|pair)-(\d+(?:\.\d+)?)", spec)
+    match = re.fullmatch(r"(sym|pair|idn)-(\d+(?:\.\d+)?)", spec)
     if match:
         eps = float(match[2]) / 100
         if eps >= 1:
             raise ValueError(f"noise {spec}: the rate must be in [0, 100) percent, e.g. sym-50")
-        return Noise(spec, (symmetric if match[1] == "sym" else pair)(k, eps))
+        instance = eps if match[1] == "idn" else None
+        return Noise(spec, (pair if match[1] == "pair" else symmetric)(k, eps), instance=instance)
     path = Path(spec)
     if not path.is_file():
         raise ValueError(f"unknown noise {spec!r}: pass {NOISES}")
@@ -188,8 +252,9 @@ def _positive(text: str) -> int:
 def build_parser() -> Parser:
     p = Parser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     p.add_argument("experiment", nargs="?", default="all", choices=list(EXPERIMENTS))
-    p.add_argument("--dataset", choices=["digits", "mnist"], default="digits")
-    p.add_argument("--data-dir", help="MNIST IDX folder (default: $SIGUA_MNIST_DIR)")
+    p.add_argument("--dataset", choices=["digits", "mnist", "fashion-mnist"], default="digits")
+    p.add_argument("--data-dir", help="IDX folder (default: mnist $SIGUA_MNIST_DIR; fashion-mnist "
+                   "$SIGUA_FASHION_MNIST_DIR, else the dataset-fashion-mnist package's)")  # fmt: skip
     p.add_argument("--noise", type=_comma_list(str), help=f"comma list of {NOISES}; "
                    "default sym-50 (fig1: sym-80)")  # fmt: skip
     p.add_argument("--noise-rate", type=_noise_rate, default="true", help="eps given to "
@@ -262,7 +327,21 @@ def resolve(args: argparse.Namespace, experiment: str) -> argparse.Namespace:
 def load_split(args: argparse.Namespace, seed: int) -> Split:
     if args.dataset == "digits":
         return load_digits_split(seed)
+    if args.dataset == "fashion-mnist":
+        return load_fashion_mnist_split(fashion_mnist_dir(args.data_dir))
     return load_mnist_split(mnist_dir(args.data_dir), seed)
+
+
+def apply_noise(noise: Noise, split: Split, seed: int) -> tuple[torch.Tensor, torch.Tensor, Noise]:
+    """The noisy train labels, the clean mask and the noise; for instance-dependent noise, T is the
+    realised class-level matrix, ``T[i, j]`` = the fraction of class i labelled j."""
+    generator = torch.Generator().manual_seed(seed)
+    if noise.instance is None:
+        return (*corrupt(split.y_train, noise.T, generator), noise)
+    y, k = split.y_train, split.num_classes
+    noisy, clean = instance_dependent(split.x_train, y, noise.instance, generator, num_classes=k)
+    counts = torch.zeros(k, k, dtype=torch.float64).index_put_((y, noisy), torch.ones(len(y)).double(), True)
+    return noisy, clean, replace(noise, T=counts / counts.sum(1, keepdim=True).clamp_min(1))
 
 
 # -- one run ------------------------------------------------------------------------------------
@@ -281,29 +360,39 @@ class Task:
     bar: tqdm[Any]  # progress, one step per epoch
 
 
-def train_epoch(model: nn.Module, opt: SIGUAOptimizer, task: Task) -> torch.Tensor:
-    """One epoch; returns counts [seen, clean seen, good, good & clean, bad, bad & flipped,
-    objective sum, batches, logit-norm sum, negative losses] accumulated as a tensor (read once
-    by the caller)."""
-    model.train()
+@dataclass
+class Learner:
+    """A network and its optimizer; Co-teaching trains two, each selecting with the other's losses."""
+
+    model: nn.Module
+    opt: SIGUAOptimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+
+
+def train_epoch(learners: Sequence[Learner], task: Task) -> torch.Tensor:
+    """One epoch; returns the first learner's counts [seen, clean seen, good, good & clean, bad,
+    bad & flipped, objective sum, batches, logit-norm sum, negative losses] accumulated as a
+    tensor (read once by the caller). With two learners each gets ``peer_losses=`` the other's."""
+    for learner in learners:
+        learner.model.train()
     x, n = task.split.x_train, len(task.noisy)
     batch = min(task.batch_size, n)
     counts = torch.zeros(10)
     for idx in torch.randperm(n, generator=task.generator)[: n - n % batch].view(-1, batch):
-        logits, y, c = model(x[idx]), task.noisy[idx], task.clean[idx]
-        inputs: dict[str, Any] = {}
-        if task.correction is None:
-            losses = step_losses = F.cross_entropy(logits, y, reduction="none")
-        elif task.per_class:  # one loss per sample and class: T^-1[y_i, c] * l_c(x_i), Eq. 8's terms
-            inverse = task.correction.inverse_on(logits.device, logits.dtype)
-            step_losses = (class_losses(logits) * inverse[y]).flatten()
-            losses, inputs["num_items"] = step_losses.detach().view(batch, -1).sum(dim=1), batch
+        y, c = task.noisy[idx], task.clean[idx]
+        inputs: dict[str, Any]
+        if len(learners) == 2:  # Co-teaching: each network steps on the samples its peer selects
+            logits, peer_logits = (learner.model(x[idx]) for learner in learners)
+            losses, peer = (F.cross_entropy(z, y, reduction="none") for z in (logits, peer_logits))
+            learners[1].opt.zero_grad()
+            learners[1].opt.step(peer, peer_losses=losses.detach())
+            step_losses, inputs = losses, {"peer_losses": peer.detach()}
         else:
-            losses = step_losses = task.correction(logits, y)
-        if "logits" in getattr(opt.condition, "inputs", ()):
-            inputs.update(logits=logits, targets=y)  # the same tensor: its per-class losses are reused
+            logits = learners[0].model(x[idx])
+            step_losses, losses, inputs = _losses(logits, y, learners[0].opt, task)
         if task.oracle:
             inputs["clean"] = c
+        opt = learners[0].opt
         opt.zero_grad()
         r = opt.step(step_losses, **inputs)
         # a sample's share of good / bad terms (0 or 1 except for per-class terms)
@@ -323,6 +412,25 @@ def train_epoch(model: nn.Module, opt: SIGUAOptimizer, task: Task) -> torch.Tens
             ]
         )
     return counts
+
+
+def _losses(
+    logits: torch.Tensor, y: torch.Tensor, opt: SIGUAOptimizer, task: Task
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """What one network steps on: (the losses given to step, one loss per sample, named inputs)."""
+    batch = len(y)
+    inputs: dict[str, Any] = {}
+    if task.correction is None:
+        losses = step_losses = F.cross_entropy(logits, y, reduction="none")
+    elif task.per_class:  # one loss per sample and class: T^-1[y_i, c] * l_c(x_i), Eq. 8's terms
+        inverse = task.correction.inverse_on(logits.device, logits.dtype)
+        step_losses = (class_losses(logits) * inverse[y]).flatten()
+        losses, inputs["num_items"] = step_losses.detach().view(batch, -1).sum(dim=1), batch
+    else:
+        losses = step_losses = task.correction(logits, y)
+    if "logits" in getattr(opt.condition, "inputs", ()):
+        inputs.update(logits=logits, targets=y)  # the same tensor: its per-class losses are reused
+    return step_losses, losses, inputs
 
 
 @torch.no_grad()
@@ -358,31 +466,33 @@ def evaluate(model: nn.Module, task: Task, counts: torch.Tensor) -> dict[str, fl
 
 
 def train(
-    model: nn.Module,
-    opt: SIGUAOptimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-    task: Task,
-    epochs: range,
-    emit: Callable[[int, dict[str, Any]], None],
+    learners: Sequence[Learner], task: Task, epochs: range, emit: Callable[[int, dict[str, Any]], None]
 ) -> None:
+    """Train for ``epochs``; each epoch's record is the first learner's, with the seconds that
+    the epoch's training took (all learners together)."""
+    opt = learners[0].opt
     for epoch in epochs:
-        opt.set_epoch(epoch)
+        for learner in learners:
+            learner.opt.set_epoch(epoch)
         lr = opt.param_groups[0]["lr"]
-        metrics = evaluate(model, task, train_epoch(model, opt, task))
+        started = time.perf_counter()
+        counts = train_epoch(learners, task)
+        seconds = time.perf_counter() - started
+        metrics = evaluate(learners[0].model, task, counts)
         # noise_rate="auto" (SmallLoss and BandSelected): this epoch's eps_hat
         if isinstance(opt.condition, SmallLoss) and opt.condition.estimator is not None:
             metrics["eps_online"] = opt.condition.noise_rate
-        emit(epoch + 1, {"lr": lr, **metrics})
+        emit(epoch + 1, {"lr": lr, "seconds": seconds, **metrics})
         task.bar.update()
-        if scheduler is not None:
-            scheduler.step()
+        for learner in learners:
+            if learner.scheduler is not None:
+                learner.scheduler.step()
 
 
 # -- experiments --------------------------------------------------------------------------------
-def set_recipe(
-    args: argparse.Namespace, method: str, noise: Noise, model: nn.Module
-) -> tuple[SIGUAOptimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """The paper's SET1 / SET2 optimizer, schedule, gamma and condition for ``method``."""
+def set_recipe(args: argparse.Namespace, method: str, noise: Noise, model: nn.Module) -> Learner:
+    """The paper's SET1 / SET2 optimizer, schedule, gamma and condition for ``method``; Co-teaching
+    takes SET1's with its selection made on the peer's losses (one learner of the two)."""
     lr = args.lr or 1e-3
     # "true" and "estimate" arrive in noise.rate (see given_noise); "auto" and a fraction as given
     eps: float | str = noise.rate if args.noise_rate in ("true", "estimate") else args.noise_rate
@@ -409,30 +519,36 @@ def set_recipe(
         "standard": AllGood,
         "self-teach": lambda: SmallLoss(eps, warmup_epochs=args.warmup),
         "sigua-sl": lambda: BandSelected(eps, band=band, warmup_epochs=args.warmup),
+        "co-teaching": lambda: Peer(SmallLoss(eps, warmup_epochs=args.warmup)),
+        "co-teaching-sigua": lambda: Peer(BandSelected(eps, band=band, warmup_epochs=args.warmup)),
         "bc": AllGood,
         "nnbc": lambda: NonNegativeCorrection(noise.T, False, args.criterion, args.bc_warmup),
         "sigua-bc": lambda: NonNegativeCorrection(noise.T, True, args.criterion, args.bc_warmup),
     }
     opt = SIGUAOptimizer(base, condition=conditions[method](), gamma=gamma, nonfinite="skip")
-    return opt, scheduler
+    return Learner(model, opt, scheduler)
 
 
-def run_sets(args: argparse.Namespace, task: Task, noise: Noise, seed: int, emit: Emit) -> None:
+def run_sets(args: argparse.Namespace, task: Task, noise: Noise, seed: int, emit: Emitter) -> None:
     for method in args.methods:
-        torch.manual_seed(seed)  # the same initial weights for every method
-        model = MODELS[args.model](task.split.num_features, task.split.num_classes)
-        opt, scheduler = set_recipe(args, method, noise, model)
+        if emit.done(method):
+            task.bar.update(args.epochs)  # resumed: complete in the records
+            continue
+        learners = []
+        for peer in range(2 if method in PEERS else 1):
+            torch.manual_seed(seed + 1000 * peer)  # the same first network for every method
+            model = MODELS[args.model](task.split.num_features, task.split.num_classes)
+            learners.append(set_recipe(args, method, noise, model))
         task.generator.manual_seed(seed)
         per_class = method != "bc" and args.criterion == "class"
         # SET2 trains on Eq. 8's losses; nnBC / SIGUA_BC share their condition's T^-1 and per-class losses
-        correction = (
-            None if method in SET1 else getattr(opt.condition, "correction", BackwardCorrection(noise.T))
-        )
+        condition = learners[0].opt.condition
+        correction = None if method in SET1 else getattr(condition, "correction", BackwardCorrection(noise.T))
         method_task = replace(task, correction=correction, per_class=per_class)
-        train(model, opt, scheduler, method_task, range(args.epochs), partial(emit, method))
+        train(learners, method_task, range(args.epochs), partial(emit, method))
 
 
-def run_sweep(args: argparse.Namespace, task: Task, noise: Noise, seed: int, emit: Emit) -> None:
+def run_sweep(args: argparse.Namespace, task: Task, noise: Noise, seed: int, emit: Emitter) -> None:
     """Per T_k: Self-Teach, then SIGUA_SL at each band ratio r (delta = r * eps) and gamma, each a
     set1 run; the records carry ``band_ratio`` (0 for Self-Teach), ``gamma`` (None for
     Self-Teach) and ``warmup``."""
@@ -445,31 +561,24 @@ def run_sweep(args: argparse.Namespace, task: Task, noise: Noise, seed: int, emi
                 **{**vars(args), "methods": [method], "band": ratio * eps, "gamma": gamma, "warmup": warmup}
             )
             fields = {"band_ratio": ratio, "gamma": gamma, "warmup": warmup}
-            run_sets(point, task, noise, seed, _renamed(emit, name, fields))
+            run_sets(point, task, noise, seed, replace(emit, name=name, fields=fields))
 
 
-def _renamed(emit: Emit, name: str, fields: dict[str, Any]) -> Emit:
-    """``emit`` under the method name ``name``, with ``fields`` added to every record."""
-
-    def renamed(_: str, epoch: int, metrics: dict[str, Any]) -> None:
-        emit(name, epoch, {**fields, **metrics})
-
-    return renamed
-
-
-def run_fig1(args: argparse.Namespace, task: Task, noise: Noise, seed: int, emit: Emit) -> None:
+def run_fig1(args: argparse.Namespace, task: Task, noise: Noise, seed: int, emit: Emitter) -> None:
     """All samples good until the shift, then one branch per gamma from the same state."""
+    names = [f"gamma={g:g}" for g in args.gammas]
+    if all(map(emit.done, names)):
+        return
     torch.manual_seed(seed)
     model = MODELS[args.model](task.split.num_features, task.split.num_classes)
     base = torch.optim.SGD(model.parameters(), lr=args.lr or 0.01, momentum=0.9)
-    names = [f"gamma={g:g}" for g in args.gammas]
     task.generator.manual_seed(seed)
 
     def emit_all(epoch: int, metrics: dict[str, Any]) -> None:
         for name in names:
             emit(name, epoch, metrics)
 
-    train(model, SIGUAOptimizer(base, AllGood()), None, task, range(args.shift), emit_all)
+    train([Learner(model, SIGUAOptimizer(base, AllGood()))], task, range(args.shift), emit_all)
     shuffle_state, oracle_task = task.generator.get_state(), replace(task, oracle=True)
     for name, gamma in zip(names, args.gammas, strict=True):
         branch = copy.deepcopy(model)
@@ -478,7 +587,7 @@ def run_fig1(args: argparse.Namespace, task: Task, noise: Noise, seed: int, emit
         opt = SIGUAOptimizer(branch_base, KnownClean(), gamma=gamma)
         task.generator.set_state(shuffle_state)
         epochs = range(args.shift, args.epochs)
-        train(branch, opt, None, oracle_task, epochs, partial(emit, name))
+        train([Learner(branch, opt)], oracle_task, epochs, partial(emit, name))
 
 
 def total_epochs(args: argparse.Namespace) -> int:
@@ -522,19 +631,21 @@ def experiments(parser: Parser, argv: Sequence[str] | None) -> list[argparse.Nam
     return parts
 
 
-def run_experiment(args: argparse.Namespace, sink: TextIO, bar: tqdm[Any]) -> None:
-    recorder = Recorder(sink, bar)
+def run_experiment(args: argparse.Namespace, recorder: Recorder, bar: tqdm[Any]) -> None:
     runner = {"fig1": run_fig1, "sweep": run_sweep}.get(args.experiment, run_sets)
     for seed in range(args.seeds):
         split, noises = prepare(args, seed)
-        for noise in noises:
-            noisy, clean = corrupt(split.y_train, noise.T, torch.Generator().manual_seed(seed))
-            task = Task(split, noisy, clean, None, False, False, args.batch_size, torch.Generator(), bar)
+        for spec in noises:
             base = {"experiment": args.experiment, "dataset": args.dataset,
-                    "model": args.model, "noise": noise.name, "seed": seed,
-                    "classes": split.num_classes, "eps": noise.rate}  # fmt: skip
+                    "model": args.model, "noise": spec.name, "seed": seed}  # fmt: skip
+            if args.experiment in ("set1", "set2") and all(map(Emitter(recorder, base).done, args.methods)):
+                bar.update(len(args.methods) * args.epochs)  # resumed: complete in the records
+                continue
+            noisy, clean, noise = apply_noise(spec, split, seed)
+            task = Task(split, noisy, clean, None, False, False, args.batch_size, torch.Generator(), bar)
+            base.update(classes=split.num_classes, eps=noise.rate)
             used, errors = given_noise(args, split, noisy, noise, seed)
-            runner(args, task, used, seed, recorder.emitter({**base, **errors}))
+            runner(args, task, used, seed, Emitter(recorder, {**base, **errors}))
 
 
 def given_noise(
@@ -564,9 +675,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     (first.out / "config.json").write_text(json.dumps(config, default=str, indent=1) + "\n")
     bar = tqdm(total=sum(map(total_epochs, parts)), unit="epoch", dynamic_ncols=True, mininterval=2.0)
     started = time.time()
-    with results.open("w") as sink:
-        for part in parts:
-            run_experiment(part, sink, bar)
+    recorder = Recorder(results, {p.experiment: p.epochs for p in parts}, bar)
+    for part in parts:
+        run_experiment(part, recorder, bar)
+    recorder.close()
     bar.close()
     seconds = time.time() - started
     records = report.read_records(results)

@@ -7,6 +7,9 @@ A transition matrix ``T`` is a ``k x k`` row-stochastic matrix with
 * :func:`pair` -- ``T[i, i] = 1 - eps`` and ``T[i, (i + 1) mod k] = eps`` (pair flip).
 * :func:`corrupt` -- draws ``noisy_i ~ T[labels_i, :]`` by inverse CDF, one uniform per sample,
   so the result is reproducible from a :class:`torch.Generator`.
+* :func:`instance_dependent` -- instance-dependent noise (Xia et al., NeurIPS 2020): each
+  sample's flip rate and flip target depend on its features; :func:`instance_transitions` gives
+  the per-sample rows it draws from.
 * :func:`estimate_transition_matrix` -- the anchor-point estimator of Patrini et al. (CVPR 2017):
   row ``i`` of ``T`` is the predicted ``p(noisy | x)`` of the sample ``x`` that most confidently
   belongs to class ``i``.
@@ -27,6 +30,8 @@ predictions on its own training samples hide the noise it has memorised):
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ._validation import check_real
@@ -36,6 +41,8 @@ __all__ = [
     "corrupt",
     "estimate_noise_rate",
     "estimate_transition_matrix",
+    "instance_dependent",
+    "instance_transitions",
     "pair",
     "symmetric",
 ]
@@ -124,7 +131,11 @@ def corrupt(
     ([0, 1, 2], [True, True, True])
     """
     T64 = check_transition_matrix(T)
-    k = T64.shape[0]
+    _check_labels(labels, T64.shape[0], generator)
+    return _draw(labels, T64.to(labels.device)[labels.long()], generator)
+
+
+def _check_labels(labels: torch.Tensor, k: int, generator: torch.Generator | None) -> None:
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(
             f"generator must be a torch.Generator or None; got {generator!r:.100} "
@@ -141,15 +152,145 @@ def corrupt(
         raise ValueError(f"labels must be a non-empty 1-D tensor; got shape {tuple(labels.shape)}")
     if bool((labels < 0).any()) or bool((labels >= k).any()):
         raise ValueError(
-            f"labels must lie in [0, {k - 1}] (T is {k} x {k}); "
+            f"labels must lie in [0, {k - 1}] ({k} classes); "
             f"got values from {int(labels.min())} to {int(labels.max())}"
         )
+
+
+def _draw(
+    labels: torch.Tensor, rows: torch.Tensor, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``noisy_i ~ rows[i]`` by inverse CDF, one uniform per sample; ``(noisy, noisy == labels)``."""
     device = generator.device if generator is not None else torch.device("cpu")
     u = torch.rand(labels.numel(), generator=generator, dtype=torch.float64, device=device)
-    cdf = T64.cumsum(dim=1).to(labels.device)[labels.long()]
-    noisy = (cdf <= u.to(labels.device).unsqueeze(1)).sum(dim=1).clamp_max(k - 1)
+    cdf = rows.cumsum(dim=1)
+    noisy = (cdf <= u.to(labels.device).unsqueeze(1)).sum(dim=1).clamp_max(rows.shape[1] - 1)
     noisy = noisy.to(labels.dtype)
     return noisy, noisy == labels
+
+
+def _truncated_normal_loc(mean: float, std: float) -> float:
+    """The centre mu of N(mu, std^2) truncated to [0, 1] whose mean is ``mean`` (bisection)."""
+
+    def truncated_mean(mu: float) -> float:
+        a, b = -mu / std, (1.0 - mu) / std
+        pdf = (math.exp(-0.5 * a * a) - math.exp(-0.5 * b * b)) / math.sqrt(2 * math.pi)
+        mass = 0.5 * (math.erf(b / math.sqrt(2)) - math.erf(a / math.sqrt(2)))
+        if mass <= 0:  # mu far outside [0, 1]: all the mass at the nearer end
+            return 0.0 if mu < 0.5 else 1.0
+        return mu + std * pdf / mass
+
+    low, high = -1.0 - 10 * std, 2.0 + 10 * std  # the truncated mean rises with mu, 0 to 1
+    for _ in range(100):
+        middle = 0.5 * (low + high)
+        low, high = (middle, high) if truncated_mean(middle) < mean else (low, middle)
+    return 0.5 * (low + high)
+
+
+def instance_transitions(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    eps: float,
+    generator: torch.Generator | None = None,
+    *,
+    num_classes: int | None = None,
+    rate_std: float = 0.1,
+) -> torch.Tensor:
+    r"""Per-sample transition rows of instance-dependent noise (Xia et al., NeurIPS 2020).
+
+    For sample :math:`i` with features :math:`x_i` (flattened) and label :math:`y_i`:
+
+    1. a flip rate :math:`q_i \sim \mathcal{N}(\mu, \sigma^2)` truncated to [0, 1]
+       (:math:`\sigma` = ``rate_std``), drawn by inverse CDF, with :math:`\mu` chosen so that
+       the truncated mean is exactly :math:`\epsilon` (Xia et al. centre the normal at
+       :math:`\epsilon`, which moves the mean rate toward 0.5 near 0 and 1: +0.029 at
+       :math:`\epsilon = 0.1`);
+    2. a projection :math:`p_i = x_i^\top W_{y_i}` with one :math:`d \times k` matrix
+       :math:`W_c \sim \mathcal{N}(0, 1)` per class, drawn once;
+    3. the row :math:`T_i[y_i] = 1 - q_i`, :math:`T_i[j] = q_i\,\mathrm{softmax}_{j \ne y_i}(p_i)_j`:
+       the sample flips with probability :math:`q_i`, to a class its features decide.
+
+    The expected flip rate is :math:`\epsilon`. Returns a float64 ``[n, k]`` tensor on
+    ``labels.device``; every row sums to 1 and holds :math:`1 - q_i` at the true label. The
+    same generator seed gives the same rows.
+
+    Args:
+        features: ``[n, ...]`` real tensor, one sample per row (flattened), as the model sees it.
+        labels: ``[n]`` integer class indices (the clean labels).
+        eps: :math:`\epsilon` in [0, 1), the mean flip rate.
+        generator: the :class:`torch.Generator` of the draws (CPU), for reproducible noise.
+        num_classes: k (default: ``labels.max() + 1``).
+        rate_std: :math:`\sigma \ge 0` of the per-sample rates (default 0.1, as Xia et al.).
+
+    >>> x = torch.rand(6, 4, generator=torch.Generator().manual_seed(0))
+    >>> y = torch.tensor([0, 1, 2, 0, 1, 2])
+    >>> rows = instance_transitions(x, y, 0.4, torch.Generator().manual_seed(1))
+    >>> rows.shape, bool(torch.allclose(rows.sum(1), torch.ones(6, dtype=torch.float64)))
+    (torch.Size([6, 3]), True)
+    """
+    eps = check_real(eps, "eps", 0.0, 1.0, high_open=True, hint=" (a fraction, e.g. eps=0.4 for 40%)")
+    rate_std = check_real(rate_std, "rate_std", 0.0, float("inf"), hint=" (e.g. 0.1)")
+    if not isinstance(features, torch.Tensor) or features.dtype.is_complex or features.dtype == torch.bool:
+        raise TypeError(f"features must be a real torch.Tensor, one sample per row; got {features!r:.60}")
+    if not isinstance(labels, torch.Tensor) or features.shape[:1] != labels.shape[:1]:
+        shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise ValueError(
+            f"features must have one row per label: features {tuple(features.shape)}, labels {shape}"
+        )
+    k = int(num_classes) if num_classes is not None else int(labels.max()) + 1 if labels.numel() else 0
+    if k < 2:
+        raise ValueError(f"num_classes must be >= 2; got {k} (pass num_classes=k)")
+    _check_labels(labels, k, generator)
+    n, device = labels.numel(), generator.device if generator is not None else torch.device("cpu")
+    x = features.detach().reshape(n, -1).to(device=device, dtype=torch.float64)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("features must be finite")
+    # 1. q_i ~ N(eps, std^2) truncated to [0, 1], by inverse CDF
+    if rate_std == 0 or eps == 0:
+        q = torch.full((n,), eps, dtype=torch.float64, device=device)
+    else:
+        mu = _truncated_normal_loc(eps, rate_std)
+        lo, hi = (torch.special.ndtr(torch.tensor((b - mu) / rate_std).double()) for b in (0, 1))
+        u = torch.rand(n, generator=generator, dtype=torch.float64, device=device)
+        q = (mu + rate_std * torch.special.ndtri(lo + (hi - lo) * u)).clamp(0.0, 1.0)
+    # 2. one d x k projection per class
+    W = torch.randn(k, x.shape[1], k, generator=generator, dtype=torch.float64, device=device)
+    y = labels.long().to(device)
+    p = torch.empty(n, k, dtype=torch.float64, device=device)
+    for c in range(k):  # one matmul per class, not per sample
+        rows_c = y == c
+        p[rows_c] = x[rows_c] @ W[c]
+    # 3. the flip mass q_i spread over the other classes by softmax(p_i)
+    own = torch.nn.functional.one_hot(y, k).bool()
+    rows = q.unsqueeze(1) * p.masked_fill(own, float("-inf")).softmax(dim=1)
+    rows[own] = 1.0 - q
+    return rows.to(labels.device)
+
+
+def instance_dependent(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    eps: float,
+    generator: torch.Generator | None = None,
+    *,
+    num_classes: int | None = None,
+    rate_std: float = 0.1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Instance-dependent noisy labels: ``noisy_i ~ instance_transitions(...)[i]``; returns
+    ``(noisy_labels, clean_mask)`` as :func:`corrupt` does.
+
+    The flip rate and target of each sample depend on its features (see
+    :func:`instance_transitions`); one generator draws the rates, the projections and the
+    labels, so the same seed gives the same labels.
+
+    >>> x = torch.rand(1000, 8, generator=torch.Generator().manual_seed(0))
+    >>> y = torch.arange(1000) % 4
+    >>> noisy, clean = instance_dependent(x, y, 0.4, torch.Generator().manual_seed(0))
+    >>> round(1 - clean.double().mean().item(), 1)
+    0.4
+    """
+    rows = instance_transitions(features, labels, eps, generator, num_classes=num_classes, rate_std=rate_std)
+    return _draw(labels, rows, generator)
 
 
 def _float64_probabilities(probs: torch.Tensor) -> torch.Tensor:

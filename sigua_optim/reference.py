@@ -19,6 +19,7 @@ Masks = tuple[list[bool], list[bool]]
 __all__ = [
     "algorithm1",
     "band_selected",
+    "co_teaching",
     "for_condition",
     "keep_rate",
     "nonnegative_correction",
@@ -167,14 +168,43 @@ def official_objective(
     return good_mean - gamma * bad_mean
 
 
+def co_teaching(
+    losses_f: Sequence[float],
+    losses_g: Sequence[float],
+    noise_rate: float,
+    epoch: float,
+    warmup_epochs: float,
+) -> tuple[list[bool], list[bool]]:
+    """Co-teaching (Han et al., NeurIPS 2018), Algorithm 1 for one mini-batch of networks f, g.
+
+    R(T) = 1 - tau * min(T / T_k, 1) with tau = ``noise_rate``; D_f is the R(T) fraction of the
+    batch with the smallest losses of f (at most n * R(T) losses strictly smaller, ties kept
+    together, as Eq. 5 counts); f is updated on D_g and g on D_f. Returns (update f, update g).
+    """
+    n = len(losses_f)
+    R = 1.0 - noise_rate * (min(epoch / warmup_epochs, 1.0) if warmup_epochs > 0 else 1.0)
+    in_d_f, in_d_g = [], []
+    for i in range(n):
+        smaller_f, smaller_g = 0, 0
+        for j in range(n):
+            smaller_f += losses_f[i] > losses_f[j]
+            smaller_g += losses_g[i] > losses_g[j]
+        in_d_f.append(smaller_f <= n * R)
+        in_d_g.append(smaller_g <= n * R)
+    return in_d_g, in_d_f
+
+
 def for_condition(condition: Any) -> Callable[..., tuple[list[bool], ...]]:
     """The literal loop that a built-in condition must equal, at its current epoch.
 
     Returns a function ``(losses: list[float], **inputs) -> (good, bad[, undecided])``.
     """
-    from .conditions import AllGood, BandSelected, KnownClean, NonNegativeCorrection, SmallLoss
+    from .conditions import AllGood, BandSelected, KnownClean, NonNegativeCorrection, Peer, SmallLoss
     from .losses import class_losses
 
+    if isinstance(condition, Peer):
+        on_peer = for_condition(condition.condition)
+        return lambda losses, *, peer_losses, **inputs: on_peer(peer_losses.tolist(), **inputs)
     if isinstance(condition, AllGood):
         return lambda losses, **_: ([True] * len(losses), [False] * len(losses))
     if isinstance(condition, KnownClean):

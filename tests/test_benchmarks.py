@@ -6,6 +6,7 @@ import copy
 import gzip
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -34,13 +35,13 @@ def _idx_bytes(magic: int, data: np.ndarray) -> bytes:
     return header + data.astype(np.uint8).tobytes()
 
 
-def _write_mnist(directory: Path, n: int = 12, compress: bool = True) -> np.ndarray:
+def _write_mnist(directory: Path, n: int = 12, compress: bool = True, prefix: str = "t10k") -> np.ndarray:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(n, 28, 28))
     labels = np.arange(n) % 10
     for name, magic, data in [
-        ("t10k-images-idx3-ubyte", IMAGES_MAGIC, images),
-        ("t10k-labels-idx1-ubyte", LABELS_MAGIC, labels),
+        (f"{prefix}-images-idx3-ubyte", IMAGES_MAGIC, images),
+        (f"{prefix}-labels-idx1-ubyte", LABELS_MAGIC, labels),
     ]:
         raw = _idx_bytes(magic, data)
         if compress:
@@ -143,7 +144,7 @@ def test_smoke_run_writes_records_table_and_plot(tmp_path: Path) -> None:
     fig1 = [r for r in records if r["experiment"] == "fig1"]
     sets = [r for r in records if r["experiment"] != "fig1"]
     assert len(fig1) == 2 * 4 and {r["method"] for r in fig1} == {"gamma=0", "gamma=0.01"}
-    assert len(sets) == 6 * 4  # six methods, four epochs, one seed
+    assert len(sets) == 8 * 4  # eight methods, four epochs, one seed
     assert {r["method"] for r in sets} == set(run.SET1 + run.SET2)
     assert all(0.0 <= float(r["test_acc"]) <= 1.0 for r in records)  # type: ignore[arg-type]
     assert all(float(r["logit_norm"]) > 0 for r in records)  # type: ignore[arg-type]
@@ -318,7 +319,7 @@ def test_estimated_noise_is_given_to_the_methods_and_recorded(tmp_path: Path) ->
 
     def recipe(noise_rate: str, noise: run.Noise) -> SIGUAOptimizer:
         args = run.resolve(run.build_parser().parse_args(["set1", "--noise-rate", noise_rate]), "set1")
-        return run.set_recipe(args, "sigua-sl", noise, torch.nn.Linear(64, 10))[0]
+        return run.set_recipe(args, "sigua-sl", noise, torch.nn.Linear(64, 10)).opt
 
     noise = run.parse_noise("sym-50", 10)
     assert recipe("auto", noise).condition.noise_rate_setting == "auto"  # type: ignore[attr-defined]
@@ -394,3 +395,70 @@ def test_resnet18_shapes_and_size() -> None:
     assert model(torch.rand(2, 3 * 32 * 32)).shape == (2, 10)
     with pytest.raises(ValueError, match="square images"):
         resnet18(1000)
+
+
+def test_fashion_mnist_runs_co_teaching_under_instance_dependent_noise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--dataset fashion-mnist reads train-* and t10k-* from --data-dir (or the environment)."""
+    data = tmp_path / "fashion"
+    data.mkdir()
+    _write_mnist(data, n=200, prefix="train")
+    _write_mnist(data, n=50)
+    monkeypatch.setenv("SIGUA_FASHION_MNIST_DIR", str(data))
+    argv = ["set1", "--dataset", "fashion-mnist", "--noise", "idn-40", "--smoke", "--batch-size", "32"]
+    assert run.main([*argv, "--methods", "standard,co-teaching-sigua", "--out", str(tmp_path / "o")]) == 0
+    records = _records(tmp_path / "o")
+    assert {r["method"] for r in records} == {"standard", "co-teaching-sigua"}
+    assert all(r["dataset"] == "fashion-mnist" and r["noise"] == "idn-40" for r in records)
+    assert all(float(r["seconds"]) > 0 and 0.2 < float(r["eps"]) < 0.6 for r in records)  # type: ignore[arg-type]
+    # Co-teaching + SIGUA ascends on the band above the peer's small-loss set
+    ascended = [float(r["bad_fraction"]) for r in records if r["method"] == "co-teaching-sigua"]  # type: ignore[arg-type]
+    assert max(ascended) > 0
+
+
+def test_missing_fashion_mnist_names_the_install_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(["--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "none"), "--smoke"])
+    assert exit_info.value.code == 2
+    assert "apt-get install -y dataset-fashion-mnist" in capsys.readouterr().err
+
+
+def test_instance_dependent_noise_gets_its_realised_transition_matrix() -> None:
+    split = load_digits_split(0)
+    spec = run.parse_noise("idn-40", 10)
+    noisy, clean, noise = run.apply_noise(spec, split, seed=0)
+    assert spec.instance == 0.4 and noise.instance == 0.4
+    for i in range(10):  # T[i, j]: the fraction of class i labelled j
+        labelled = noisy[split.y_train == i]
+        share = torch.bincount(labelled, minlength=10).double() / len(labelled)
+        torch.testing.assert_close(noise.T[i], share)
+    assert noise.rate == pytest.approx(1 - float(clean.double().mean()), abs=0.02)
+
+
+def test_a_rerun_skips_complete_runs_and_redoes_an_unfinished_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    argv = ["set1", "--smoke", "--methods", "standard,self-teach", "--out", str(tmp_path)]
+    assert run.main(argv) == 0
+    first = (tmp_path / "results.jsonl").read_text().splitlines()
+    (tmp_path / "results.jsonl").write_text("\n".join(first[:-1]) + "\n")  # self-teach lost its last epoch
+    trained: list[int] = []
+    real_train = run.train
+
+    def counting_train(learners: Any, task: Any, epochs: range, emit: Any) -> None:
+        trained.append(len(epochs))
+        real_train(learners, task, epochs, emit)
+
+    monkeypatch.setattr(run, "train", counting_train)
+    assert run.main(argv) == 0
+    assert trained == [4]  # self-teach only, from its start; standard was complete
+    again = (tmp_path / "results.jsonl").read_text().splitlines()
+
+    def untimed(lines: list[str]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
+
+    assert untimed(again) == untimed(first)  # the same records, each once, in the same order
+    assert run.main(argv) == 0 and trained == [4]  # everything complete: nothing trains

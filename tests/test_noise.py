@@ -6,12 +6,16 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sigua_optim.noise import (
     check_transition_matrix,
     corrupt,
     estimate_noise_rate,
     estimate_transition_matrix,
+    instance_dependent,
+    instance_transitions,
     pair,
     symmetric,
 )
@@ -167,3 +171,66 @@ def test_a_complex_transition_matrix_is_refused_not_truncated() -> None:
     T = torch.eye(2, dtype=torch.complex128) + 0.5j
     with pytest.raises(TypeError, match="T must be real"):
         corrupt(torch.tensor([0, 1]), T)
+
+
+# -- instance-dependent noise ---------------------------------------------------------------------
+def _images(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 5, 5, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.05, 0.2, 0.4, 0.7, 0.95])
+@pytest.mark.parametrize("std", [0.1, 0.3])
+def test_instance_dependent_rate_is_eps_within_sampling_error(eps: float, std: float) -> None:
+    """Realised rate within 4 binomial standard errors (n = 20,000), near 0 and 1 too."""
+    x, y = _images(20_000)
+    noisy, clean = instance_dependent(x, y, eps, torch.Generator().manual_seed(1), rate_std=std)
+    tolerance = 4 * (eps * (1 - eps) / 20_000) ** 0.5
+    assert abs(float((~clean).double().mean()) - eps) <= tolerance
+    assert torch.equal(clean, noisy == y)
+
+
+def test_instance_dependent_is_seeded_and_depends_on_the_features() -> None:
+    x, y = _images(2000)
+    a = instance_dependent(x, y, 0.4, torch.Generator().manual_seed(3))
+    b = instance_dependent(x, y, 0.4, torch.Generator().manual_seed(3))
+    c = instance_dependent(x, y, 0.4, torch.Generator().manual_seed(4))
+    assert torch.equal(a[0], b[0]) and not torch.equal(a[0], c[0])
+    # the same seed on other images flips other samples to other classes
+    other = instance_dependent(x.flip(0), y, 0.4, torch.Generator().manual_seed(3))
+    assert not torch.equal(a[0], other[0])
+
+
+@settings(deadline=None, max_examples=30)
+@given(st.integers(2, 6), st.integers(1, 40), st.floats(0.0, 0.95), st.floats(0.0, 0.5), st.integers(0, 99))
+def test_instance_rows_never_flip_to_the_true_label(
+    k: int, n: int, eps: float, std: float, seed: int
+) -> None:
+    """Each row: 1 - q_i at the true label, the flip mass q_i on the other classes, sum 1."""
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.rand(n, 3, generator=g), torch.randint(0, k, (n,), generator=g)
+    rows = instance_transitions(x, y, eps, torch.Generator().manual_seed(seed), num_classes=k, rate_std=std)
+    torch.testing.assert_close(rows.sum(1), torch.ones(n, dtype=torch.float64))
+    assert bool((rows >= 0).all())
+    own = rows.gather(1, y.unsqueeze(1)).squeeze(1)
+    assert bool(((own >= 0) & (own <= 1)).all())
+    g = torch.Generator().manual_seed(seed)
+    noisy, clean = instance_dependent(x, y, eps, g, num_classes=k, rate_std=std)
+    assert bool((rows.gather(1, noisy.unsqueeze(1)) > 0).all())  # drawn only where the row has mass
+    assert torch.equal(clean, noisy == y)
+
+
+def test_instance_dependent_refuses_bad_input_naming_it() -> None:
+    x, y = _images(10)
+    with pytest.raises(ValueError, match="eps"):
+        instance_dependent(x, y, 1.0)
+    with pytest.raises(ValueError, match="rate_std"):
+        instance_dependent(x, y, 0.2, rate_std=-1.0)
+    with pytest.raises(ValueError, match="one row per label"):
+        instance_dependent(x[:5], y, 0.2)
+    with pytest.raises(ValueError, match="integer tensor"):
+        instance_dependent(x, y.float(), 0.2)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\]"):
+        instance_dependent(x, y, 0.2, num_classes=3)
+    with pytest.raises(TypeError, match="generator"):
+        instance_dependent(x, y, 0.2, 0)  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ from .all_good import AllGood
 from .base import Condition, Selection
 from .correction import NonNegativeCorrection
 from .known_clean import KnownClean
+from .peer import Peer
 from .small_loss import BandSelected, SmallLoss
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "Condition",
     "KnownClean",
     "NonNegativeCorrection",
+    "Peer",
     "Selection",
     "SmallLoss",
 ]
