@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import copy
+import datetime
+import os
+import socket
+from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
@@ -114,3 +120,46 @@ def test_checkpoint_stores_the_wrapped_condition_and_refuses_another() -> None:
     plain = SIGUAOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), Peer(AllGood()))
     with pytest.raises(ValueError, match="peer_of"):
         plain.load_state_dict(state)
+
+
+def _peer_rank(rank: int, port: int, out: str, sizes: tuple[int, int]) -> None:
+    """One rank of a 2-rank gloo world: both networks' Co-teaching selections on its slice."""
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+        timeout=datetime.timedelta(seconds=60),
+    )  # fmt: skip
+    try:
+        own, peer = _two_networks_losses(sizes)
+        start = sum(sizes[:rank])
+        part = slice(start, start + sizes[rank])
+        w = torch.ones(1, requires_grad=True)  # a parameter for the losses to depend on
+        f, g = (SIGUAOptimizer(torch.optim.SGD([w]), Peer(SmallLoss(0.4, 0))) for _ in "fg")
+        chosen_f = f.step(own[part] * w, peer_losses=peer[part]).good
+        chosen_g = g.step(peer[part] * w, peer_losses=own[part]).good
+        torch.save({"f": chosen_f, "g": chosen_g}, f"{out}/rank{rank}.pt")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    os._exit(0)  # see tests/test_distributed.py: gloo's teardown at exit may abort
+
+
+def _two_networks_losses(sizes: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(5)
+    offset = torch.cat([torch.zeros(sizes[0]), torch.ones(sizes[1])])  # rank 1's peer losses are larger
+    return torch.rand(sum(sizes), generator=g), torch.rand(sum(sizes), generator=g) + offset
+
+
+def test_co_teaching_selects_globally_under_distributed(tmp_path: Path) -> None:
+    """peer_losses= is gathered with the losses: 2 ranks select as one process on the whole batch."""
+    sizes = (9, 6)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(_peer_rank, args=(port, str(tmp_path), sizes), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    own, peer = _two_networks_losses(sizes)
+    whole_f, whole_g = reference.co_teaching(own.tolist(), peer.tolist(), 0.4, 0.0, 0.0)
+    assert torch.cat([r["f"] for r in ranks]).tolist() == whole_f
+    assert torch.cat([r["g"] for r in ranks]).tolist() == whole_g
+    local = Peer(SmallLoss(0.4, 0))(own[:9], peer_losses=peer[:9]).good.tolist()
+    assert local != whole_f[:9]  # the premise: selecting per rank would differ
