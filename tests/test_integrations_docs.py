@@ -37,12 +37,24 @@ def test_every_python_block_is_tested() -> None:
     tested = ["Plain PyTorch", "Hugging Face Trainer", "Lightning: automatic optimization"]
     tested += ["Lightning: manual optimization", "Accelerate", "Mixed precision", "Gradient accumulation"]
     tested += ["Per-token losses", "Distributed: DDP and FSDP", "The noise is unknown"]
+    tested += ["Co-teaching, and Co-teaching + SIGUA"]
     assert sum(len(recipes(section)) for section in tested) == DOC.count("```python")
 
 
 def test_plain_pytorch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ns = run("Plain PyTorch", tmp_path, monkeypatch)
     assert ns["opt"].epoch == 2 and ns["objective"].ndim == 0
+
+
+def test_co_teaching(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each network descends on its peer's small-loss samples and ascends on the band above them."""
+    ns = run("Co-teaching, and Co-teaching + SIGUA", tmp_path, monkeypatch)
+    f_losses, g_losses = ns["f_losses"].detach(), ns["g_losses"].detach()
+    chosen = ns["f_opt"].condition.condition(g_losses)  # BandSelected on the peer's losses
+    assert ns["f_opt"].epoch == ns["g_opt"].epoch == 2
+    assert torch.equal(ns["f_result"].good, chosen.good) and torch.equal(ns["f_result"].bad, chosen.bad)
+    own_choice = ns["f_opt"].condition.condition(f_losses)  # what f alone would pick
+    assert bool(ns["f_result"].bad.any()) and not torch.equal(chosen.good, own_choice.good)
 
 
 def test_hugging_face_trainer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
