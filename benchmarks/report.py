@@ -1,8 +1,16 @@
-"""Tables and plots from the runner's JSON-lines records."""
+"""Tables and plots from the runner's JSON-lines records.
+
+``python -m benchmarks.report RECORDS [RECORDS ...] --out DIR`` rebuilds the runner's
+``table.md`` and plots from records (``results.jsonl`` or a committed ``.jsonl.gz``) without
+training: runs still in progress are left out.
+"""
 
 from __future__ import annotations
 
+import argparse
+import gzip
 import json
+import sys
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -21,11 +29,28 @@ METRIC_TITLES = {
     "test_acc": "test accuracy (%)",
     "train_acc_flipped": "train accuracy on flipped labels (%) (memorisation)",
 }
+SELECTION_TITLES = {
+    "good_precision": "clean share of the good (descended) set (%)",
+    "bad_precision": "flipped share of the bad (ascended) set (%)",
+}
 
 
 def read_records(path: Path) -> list[Record]:
-    with path.open() as f:
+    """The records of a ``.jsonl`` file, or of a gzip'd ``.jsonl.gz`` one."""
+    with gzip.open(path, "rt") if path.suffix == ".gz" else path.open() as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def complete_runs(records: Sequence[Record]) -> list[Record]:
+    """The records of the runs that reached their experiment's last epoch (the most recorded)."""
+    key = ("experiment", "dataset", "model", "noise", "seed", "method")
+    epochs: dict[tuple[Any, ...], int] = defaultdict(int)
+    for r in records:
+        epochs[tuple(r[k] for k in key)] += 1
+    last: dict[str, int] = defaultdict(int)
+    for k, count in epochs.items():
+        last[k[0]] = max(last[k[0]], count)
+    return [r for r in records if epochs[tuple(r[k] for k in key)] == last[r["experiment"]]]
 
 
 def _ordered(values: Iterable[str]) -> list[str]:
@@ -45,22 +70,48 @@ def _curves(records: Sequence[Record], metric: str) -> dict[tuple[str, str], np.
 
 
 def table(records: Sequence[Record], metric: str = "test_acc", last: int = 10) -> str:
-    """Markdown: methods x noises, mean (std) over seeds of the last-``last``-epoch mean, in %."""
+    """Markdown: methods x noises, mean (std) over seeds of the last-``last``-epoch mean, in %.
+
+    A cell with fewer seeds than the most of any cell says how many in brackets; one with nothing
+    to measure (not run, or a method with no bad set) reads n/a."""
     curves = _curves(records, metric)
     noises = _ordered(r["noise"] for r in records)
     methods = _ordered(r["method"] for r in records)
+    seeds = max(len(runs) for runs in curves.values())
+    title = {**METRIC_TITLES, **SELECTION_TITLES}[metric]
     lines = [
-        f"| {METRIC_TITLES[metric]}, mean of last {last} epochs | " + " | ".join(noises) + " |",
+        f"| {title}, mean of last {last} epochs | " + " | ".join(noises) + " |",
         "| --- |" + " --- |" * len(noises),
     ]
     for method in methods:
         cells = []
         for noise in noises:
-            per_seed = 100 * np.nanmean(curves[(noise, method)][:, -last:], axis=1)
-            cells.append(f"{per_seed.mean():.2f} ({per_seed.std():.2f})")
+            runs = curves.get((noise, method), np.full((1, 1), np.nan))
+            if np.isnan(runs).all():  # not run, or nothing to measure (no bad set)
+                cells.append("n/a")
+                continue
+            per_seed = 100 * np.nanmean(runs[:, -last:], axis=1)
+            fewer = f" [{len(per_seed)}]" if len(per_seed) < seeds else ""
+            cells.append(f"{per_seed.mean():.2f} ({per_seed.std():.2f}){fewer}")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    seeds = len({r["seed"] for r in records})
-    lines.append(f"\n{seeds} seed(s); std over seeds (numpy's, ddof=0).")
+    lines.append(f"\n{seeds} seed(s) (fewer in brackets); std over seeds (numpy's, ddof=0).")
+    return "\n".join(lines)
+
+
+def cost_table(records: Sequence[Record]) -> str:
+    """Markdown: each method's training seconds per epoch (all its networks), and their ratio to
+    Standard's on the same noise and seed, mean over the runs that recorded ``seconds``."""
+    seconds: dict[tuple[str, str, int], list[float]] = defaultdict(list)
+    for r in records:
+        if "seconds" in r:
+            seconds[(r["noise"], r["method"], r["seed"])].append(r["seconds"])
+    lines = ["| method | s / epoch | relative to Standard |", "| --- | --- | --- |"]
+    for method in _ordered(m for _, m, _ in seconds):
+        mine = {(n, s): float(np.mean(v)) for (n, m, s), v in seconds.items() if m == method}
+        base = {(n, s): np.mean(v) for (n, m, s), v in seconds.items() if m == "standard"}
+        ratios = [t / base[run] for run, t in mine.items() if run in base]
+        ratio = f"{np.mean(ratios):.2f}" if ratios else "n/a"
+        lines.append(f"| {method} | {np.mean(list(mine.values())):.2f} | {ratio} |")
     return "\n".join(lines)
 
 
@@ -368,3 +419,45 @@ def heatmaps(records: Sequence[Record], path: Path, title: str) -> None:
     fig.suptitle(f"{title}\ncells: test acc. (%), gain over Self-Teach; last 10 epochs, mean over seeds")
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def write(records: Sequence[Record], out: Path, dataset: str) -> tuple[str, list[Path]]:
+    """Write ``table.md`` and one plot per figure under ``out``; return the text and the plots."""
+    texts, plots = [], []
+    for name, group in by_figure(records).items():
+        plots.append(out / f"{name}.png")
+        title = f"{name} on {dataset} ({group[0]['model']})"
+        if name == "sweep":
+            heatmaps(group, plots[-1], title)
+            tables = [sweep_table(group)]
+        else:
+            plot(group, plots[-1], title)
+            tables = [table(group, metric) for metric in {**METRIC_TITLES, **SELECTION_TITLES}]
+            if any("seconds" in r for r in group):
+                tables.append(cost_table(group))
+        lines = [*interpret(group), *noise_estimates(group)]
+        texts.append("\n\n".join([f"## {name}", *tables, "\n".join(lines)]))
+    text = "\n\n".join(texts)
+    (out / "table.md").write_text(text + "\n")
+    return text, plots
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("records", nargs="+", type=Path, help="results.jsonl or .jsonl.gz files")
+    parser.add_argument("--out", type=Path, required=True, help="folder for table.md and the plots")
+    args = parser.parse_args(argv)
+    missing = [str(p) for p in args.records if not p.is_file()]
+    if missing:
+        parser.error(f"no such records file: {', '.join(missing)}")
+    records = complete_runs([r for path in args.records for r in read_records(path)])
+    if not records:
+        parser.error("no complete run in the records")
+    args.out.mkdir(parents=True, exist_ok=True)
+    text, _ = write(records, args.out, records[0]["dataset"])
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -681,21 +681,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     recorder.close()
     bar.close()
     seconds = time.time() - started
-    records = report.read_records(results)
-    texts, plots = [], []
-    for name, group in report.by_figure(records).items():
-        plots.append(first.out / f"{name}.png")
-        title = f"{name} on {first.dataset} ({group[0]['model']})"
-        if name == "sweep":
-            report.heatmaps(group, plots[-1], title)
-            tables = [report.sweep_table(group)]
-        else:
-            report.plot(group, plots[-1], title)
-            tables = [report.table(group, metric) for metric in report.METRIC_TITLES]
-        lines = [*report.interpret(group), *report.noise_estimates(group)]
-        texts.append("\n\n".join([f"## {name}", *tables, "\n".join(lines)]))
-    text = "\n\n".join(texts)
-    (first.out / "table.md").write_text(text + "\n")
+    text, plots = report.write(report.read_records(results), first.out, first.dataset)
     print(text)
     print(f"\n{seconds:.0f} s. Records: {results}  Table: {first.out / 'table.md'}  "
           f"Plots: {', '.join(map(str, plots))}")  # fmt: skip

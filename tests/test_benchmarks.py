@@ -462,3 +462,17 @@ def test_a_rerun_skips_complete_runs_and_redoes_an_unfinished_one(
 
     assert untimed(again) == untimed(first)  # the same records, each once, in the same order
     assert run.main(argv) == 0 and trained == [4]  # everything complete: nothing trains
+
+
+def test_report_rebuilds_the_tables_from_gzipped_records_without_unfinished_runs(tmp_path: Path) -> None:
+    argv = ["set1", "--smoke", "--methods", "standard,co-teaching", "--out", str(tmp_path / "run")]
+    assert run.main(argv) == 0
+    lines = (tmp_path / "run" / "results.jsonl").read_text().splitlines()
+    unfinished = json.loads(lines[-1]) | {"method": "self-teach", "epoch": 1}  # one epoch of four
+    packed = tmp_path / "records.jsonl.gz"
+    packed.write_bytes(gzip.compress(("\n".join([*lines, json.dumps(unfinished)]) + "\n").encode()))
+    assert report.main([str(packed), "--out", str(tmp_path / "rebuilt")]) == 0
+    table = (tmp_path / "rebuilt" / "table.md").read_text()
+    assert table == (tmp_path / "run" / "table.md").read_text()  # the same tables as the run's
+    assert "| co-teaching |" in table and "| self-teach |" not in table
+    assert "relative to Standard" in table and "Co-teaching + SIGUA" not in table
