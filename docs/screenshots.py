@@ -1,7 +1,10 @@
-"""Screenshots of the built site with headless Chromium: the home page, results, one API page.
+"""Screenshots of the built site with headless Chromium, on a desktop and on a phone's width.
 
     mkdocs build --strict && python docs/screenshots.py            # PNGs in site/screenshots/
-    python docs/screenshots.py --site site --out /tmp/shots --width 1280 --height 1800
+    python docs/screenshots.py --site site --out /tmp/shots --widths 1280,390 --height 1800
+
+One PNG per page and width, ``<page>-<width>.png``: the top ``--height`` pixels of the home page,
+the decision guide, the summaries that open Results and Performance, and the SIGUAOptimizer API.
 
 Serves the built site on a local port (the site's links are directory URLs) and runs Chromium
 (Debian's ``chromium`` package, or ``--chromium PATH``) once per page. No network is needed; pages
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import functools
 import http.server
+import itertools
 import shutil
 import subprocess
 import tempfile
@@ -20,7 +24,13 @@ import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = {"home": "", "results": "results/", "api": "api/"}
+PAGES = {
+    "home": "",
+    "which-condition": "which-condition/",
+    "results": "results/",
+    "performance": "performance/",
+    "api": "api/",
+}
 FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -41,8 +51,8 @@ class Quiet(http.server.SimpleHTTPRequestHandler):
         """Log nothing."""
 
 
-def shoot(site: Path, out: Path, chromium: str, width: int, height: int) -> list[Path]:
-    """Serve ``site`` on 127.0.0.1 and write ``out/<name>.png`` for each page of PAGES."""
+def shoot(site: Path, out: Path, chromium: str, widths: list[int], height: int) -> list[Path]:
+    """Serve ``site`` on 127.0.0.1 and write ``out/<name>-<width>.png`` for each page of PAGES."""
     if not (site / "index.html").exists():
         raise FileNotFoundError(f"no built site in {site}: run mkdocs build first")
     handler = functools.partial(Quiet, directory=str(site))
@@ -51,9 +61,9 @@ def shoot(site: Path, out: Path, chromium: str, width: int, height: int) -> list
     out.mkdir(parents=True, exist_ok=True)
     written = []
     try:
-        for name, path in PAGES.items():
+        for (name, path), width in itertools.product(PAGES.items(), widths):
             with tempfile.TemporaryDirectory() as profile:
-                png = out / f"{name}.png"
+                png = out / f"{name}-{width}.png"
                 url = f"http://127.0.0.1:{server.server_port}/{path}"
                 command = [chromium, *FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}"]
                 command += [f"--screenshot={png}", url]
@@ -69,11 +79,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--site", type=Path, default=ROOT / "site", help="the built site (default: site/)")
     parser.add_argument("--out", type=Path, help="where the PNGs go (default: <site>/screenshots)")
     parser.add_argument("--chromium", default=shutil.which("chromium") or "chromium")
-    parser.add_argument("--width", type=int, default=1280)
+    parser.add_argument("--widths", default="1280,390", help="window widths in px, comma-separated")
     parser.add_argument("--height", type=int, default=1800)
     args = parser.parse_args(argv)
     out = args.out or args.site / "screenshots"
-    for png in shoot(args.site, out, args.chromium, args.width, args.height):
+    widths = [int(width) for width in args.widths.split(",")]
+    for png in shoot(args.site, out, args.chromium, widths, args.height):
         print(png)
 
 

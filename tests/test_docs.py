@@ -24,6 +24,10 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+import torch
+
+from sigua_optim import SIGUAOptimizer
+from sigua_optim.conditions import BandSelected
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -203,3 +207,60 @@ def test_hook_renders_roles() -> None:
     assert '<autoref identifier="sigua_optim.SIGUAOptimizer" optional><code>SIGUAOptimizer</code>' in html
     assert '<autoref identifier="sigua_optim.SIGUAOptimizer.set_epoch" optional><code>set</code>' in html
     assert mathml + '"block"><mrow><mi>a</mi><mo>&#x0002B;</mo>' in html
+
+
+def prose(page: str) -> str:
+    """A page without its fenced code blocks: what a reader reads as sentences."""
+    return re.sub(r"^```.*?^```", "", (DOCS / page).read_text(), flags=re.S | re.M)
+
+
+def test_the_torch_the_docs_require_is_the_one_pyproject_requires() -> None:
+    bound = re.search(r'"torch>=([\d.]+)"', (ROOT / "pyproject.toml").read_text())
+    assert bound is not None, "pyproject.toml names no torch>= bound"
+    stated = {page: re.findall(r"torch\s*(?:≥|>=)\s*([\d.]+\d)", prose(page)) for page in PAGES}
+    assert stated["index.md"], "the home page does not state the torch it needs"
+    assert {page: found for page, found in stated.items() if set(found) - {bound[1]}} == {}
+
+
+# What docs call each field of state_dict()["sigua"] (\u03b3: gamma), and of its "condition" record.
+CHECKPOINT_WORDS = {
+    "gamma": "\u03b3",
+    "epoch": "the epoch",
+    "reduction": "the reduction",
+    "condition": "the condition",
+}
+CONDITION_WORDS = {"type": "type", "hyperparameters": "hyperparameters", "state": "state"}
+
+
+def test_the_checkpoint_fields_the_docs_name_are_those_state_dict_writes() -> None:
+    base = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    fields = SIGUAOptimizer(base, BandSelected(noise_rate=0.2, band=0.1)).state_dict()["sigua"]
+    assert set(fields) == set(CHECKPOINT_WORDS) and set(fields["condition"]) == set(CONDITION_WORDS)
+    words = [*CHECKPOINT_WORDS.values(), *CONDITION_WORDS.values()]
+    for page in ["quickstart.md", "faq.md"]:
+        paragraph = " ".join(next(p for p in prose(page).split("\n\n") if '`"sigua"`' in p).split())
+        missing = [word for word in words if word not in paragraph]
+        assert missing == [], f"docs/{page} describes the checkpoint without {missing}"
+    for page in PAGES:
+        assert "not in the checkpoint" not in prose(page), f"docs/{page}: the condition's settings are saved"
+
+
+HISTORY = re.compile(
+    r"\b(this wave|the wave|this session|these sessions|earlier run|previous run|round|was lent|not rerun)\b",
+    re.I,
+)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_no_page_speaks_of_the_projects_history(page: str) -> None:
+    assert HISTORY.findall(prose(page)) == [], f"docs/{page}: project history belongs in CHANGELOG.md"
+
+
+def test_history_words_are_found() -> None:
+    found = HISTORY.findall("Round 2 of this wave, an earlier run (not rerun; no GPU was lent)")
+    assert found == ["Round", "this wave", "earlier run", "not rerun", "was lent"]
+
+
+def test_the_decision_guide_is_linked_from_home_quickstart_and_conditions() -> None:
+    for page in ["index.md", "quickstart.md", "conditions.md"]:
+        assert "](which-condition.md" in prose(page), f"docs/{page} does not link Which condition?"

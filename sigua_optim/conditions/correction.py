@@ -4,7 +4,8 @@ The backward-corrected loss of Eq. 8 is unbiased but can go negative, and a nega
 sign of over-fitting noisy labels. A sample is good when its corrected loss is non-negative; nnBC
 drops the rest, SIGUA_BC ascends on them (Eq. 12, ``gamma = 1`` in the paper).
 
-Three criteria (docs/differences.md, "Eq. 11 criterion"; docs/results.md §3 measures them):
+Three criteria ([Paper vs code vs sigua_optim](../differences.md) compares them with the paper;
+[Results](../results.md#does-the-loss-correction-family-work) measures them):
 
 - ``"sample"`` (default, the authors' code): :math:`[T^{-1}\ell_{vec}(x_i)]_{\tilde y_i} \ge 0`.
 - ``"total"`` (Eq. 11 as printed): :math:`\mathbf{1}^\top T^{-1}\ell_{vec}(x_i) \ge 0`. For any T
@@ -52,7 +53,9 @@ class NonNegativeCorrection(Scheduled):
         ascend: ascend on the negative-loss samples (SIGUA_BC, default) or drop them (nnBC).
         criterion: ``"sample"`` (default, the authors' per-sample rule), ``"total"`` (Eq. 11 as
             printed) or ``"class"`` (nnPU's non-negative risk per clean class, on the per-class
-            terms); see the module docstring.
+            terms); see the module docstring. ``"class"`` is the one with which SIGUA_BC ≥ nnBC
+            ≥ BC held on every noise measured; ``"sample"`` put them below BC on symmetric noise
+            ([Which condition?](../which-condition.md#which-criterion-for-the-loss-correction-family)).
         warmup_epochs: epochs of plain backward correction (every sample good) before the
             criterion applies, as the authors' code does; default 0 (the paper). Their loop
             counts epochs from 1 and switches at ``epoch > warm_up``: with
