@@ -220,7 +220,8 @@ def interpret(records: Sequence[Record]) -> list[str]:
             if test[(noise, m)].mean() < 200 / k:  # below twice chance
                 lines.append(
                     f"{noise}: {NAMES[m]} collapsed ({test[(noise, m)].mean():.1f}% test): "
-                    f"{COLLAPSE_WHY.get(m, 'see the records')}; docs/results.md section 3 explains it."
+                    f"{COLLAPSE_WHY.get(m, 'see the records')}; docs/results.md explains it "
+                    "('Does the loss-correction family work?')."
                 )
     return ["**What the table shows**", *(f"- {line}" for line in lines)]
 
